@@ -1,0 +1,14 @@
+"""Gymnasium text environments; importing this package registers every id below."""
+
+import gymnasium
+
+_ENTRY_POINTS = {
+    "TicTacToe-v0": "envs.tictactoe:TicTacToeEnv",
+}
+
+ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)
+
+for _env_id, _entry_point in _ENTRY_POINTS.items():
+    # Registering an id twice warns, and this module may be imported or reloaded again.
+    if _env_id not in gymnasium.registry:
+        gymnasium.register(id=_env_id, entry_point=_entry_point)

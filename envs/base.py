@@ -1,0 +1,48 @@
+"""Conventions shared by the text environments in this package.
+
+Every env here is a `gymnasium.Env` whose observations and actions are plain strings
+(`gymnasium.spaces.Text`). The policy reads the observation text and writes the action text.
+
+`info` keys, the contract the trainer relies on:
+
+- ``invalid_action`` (bool), on every step: the action could not be understood or was not
+  legal. Garbage actions never raise; they are an invalid move with a documented penalty.
+- ``success`` (bool), on the final step of an episode: the task was solved (a win, a right
+  answer). Envs may also report it, as False, on earlier steps.
+- ``value`` (float), optional: the exact value of the current state, where the env can
+  compute it; ground truth for value-function diagnostics.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Self
+
+import gymnasium
+from gymnasium.spaces import Text
+from gymnasium.utils import seeding
+
+
+def text_space(charset: str, max_length: int, min_length: int = 1) -> Text:
+    """A `Text` space with an explicit charset.
+
+    Gymnasium's default charset is alphanumeric only, so an env emitting newlines or
+    punctuation would fail its own `observation_space.contains` check; always name it.
+    """
+    return Text(max_length, min_length=min_length, charset=charset)
+
+
+class TextEnv(gymnasium.Env[str, str]):
+    """A `gymnasium.Env` with string observations and actions (see the module docstring)."""
+
+    def clone(self, seed: int | None = None) -> Self:
+        """An independent copy of this env, mid-episode state included.
+
+        Without `seed` the copy also shares the random state, so the same actions give the
+        same continuation. With `seed` its `np_random` is re-seeded, so Monte-Carlo
+        continuations branching from one state differ.
+        """
+        twin = copy.deepcopy(self)
+        if seed is not None:
+            twin._np_random, twin._np_random_seed = seeding.np_random(seed)
+        return twin

@@ -1,0 +1,144 @@
+"""Command line: ``python -m rl_vf train|eval`` (also installed as ``rl-vf``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from rl_vf.config import FIELDS, ConfigError, TrainConfig, coerce, load_yaml, make_config
+
+DEFAULTS = TrainConfig()
+# Flags the issue names first in --help; every other config field follows.
+MAIN_FLAGS = ("env", "algo", "seed", "total_episodes", "out", "model", "wandb")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a policy (PPO with a value head, or outcome-only REINFORCE)",
+        description="Train a language-model policy on a Gymnasium text env. Precedence: defaults < --config "
+                    "YAML < flags. Writes a run folder with config.yaml, metrics.jsonl, summary.json, "
+                    "checkpoints/ and eval_samples.jsonl.",
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint (exactly, on CPU); "
+                                                   "flags given here override its config.yaml, e.g. --total-episodes")
+    groups = {"main": p.add_argument_group("run"), "more": p.add_argument_group("every other config key")}
+    for name, f in FIELDS.items():
+        group = groups["main" if name in MAIN_FLAGS else "more"]
+        # default=SUPPRESS: only flags the user typed override the YAML and resumed configs.
+        group.add_argument(flag(name), dest=name, default=argparse.SUPPRESS, metavar=f.type.upper(),
+                           help=f"{f.metadata['help']} (default: {getattr(DEFAULTS, name)!r})")
+
+
+def eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a saved policy on fresh episodes "
+                       "and print eval/* metrics as JSON.")
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a checkpoint folder (checkpoints/final, checkpoints/update_N) or a run folder (uses final)")
+    p.add_argument("--env", help="env id (default: the env of the run the checkpoint came from)")
+    p.add_argument("--env-kwargs", default=None, metavar="JSON", help="env keyword arguments (default: the run's)")
+    p.add_argument("--episodes", type=int, default=1000, help="episodes to play (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the eval episodes and sampling (default: 0)")
+    p.add_argument("--greedy", action="store_true", help="play the argmax action instead of sampling")
+    p.add_argument("--max-action-tokens", type=int, default=None, help="default: the run's")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rl-vf", description="Credit assignment for LM policies: PPO with a value "
+                                     "head vs final-outcome REINFORCE on Gymnasium text envs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval}")
+    train_parser(sub)
+    eval_parser(sub)
+    return parser
+
+
+def default_run_dir(cfg) -> str:
+    env = cfg.env.split(":")[-1].replace("/", "_")
+    return os.path.join("runs", f"{env}-{cfg.algo}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def latest_checkpoint(run_dir: str) -> str:
+    ckpt_root = os.path.join(run_dir, "checkpoints")
+    found = sorted(d for d in os.listdir(ckpt_root) if d.startswith("update_")) if os.path.isdir(ckpt_root) else []
+    if not found:
+        raise ConfigError(f"no checkpoint to resume from in {ckpt_root!r}")
+    return os.path.join(ckpt_root, found[-1])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rl_vf.metrics_log import MetricsLog
+    from rl_vf.trainer import Trainer, TrainingDiverged, write_config
+
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    file_layer = load_yaml(args.config) if args.config else {}
+    if args.resume:
+        run_config = os.path.join(args.resume, "config.yaml")
+        if not os.path.isfile(run_config):
+            raise ConfigError(f"cannot resume {args.resume!r}: no config.yaml there")
+        cfg = make_config(load_yaml(run_config), file_layer, flags, {"out": args.resume})
+        checkpoint = latest_checkpoint(args.resume)
+    else:
+        cfg = make_config(file_layer, flags)
+        checkpoint = None
+    run_dir = cfg.out or default_run_dir(cfg)
+    cfg.out = run_dir
+    trainer = Trainer(cfg, run_dir)  # validates env and model before anything is written
+    os.makedirs(run_dir, exist_ok=True)
+    write_config(cfg, run_dir)
+    if checkpoint:
+        trainer.load_checkpoint(checkpoint)
+        print(f"resuming {run_dir} from {checkpoint} (update {trainer.update_idx})", file=sys.stderr)
+    log = MetricsLog(run_dir, cfg.to_dict(), cfg.wandb, resume_after=trainer.update_idx if checkpoint else None)
+    try:
+        summary = trainer.train(log)
+    except TrainingDiverged as e:
+        print(f"rl-vf: training stopped: {e}", file=sys.stderr)
+        return 1
+    finally:
+        log.close()
+        trainer.engine.close()
+    keys = ("eval/success_rate", "eval/return_mean", "eval/invalid_action_rate")
+    print(f"run folder: {run_dir}")
+    print("final eval over {} episodes: {}".format(
+        summary["eval/episodes"], ", ".join(f"{k}={summary[k]:.3f}" for k in keys)))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rl_vf.trainer import env_factory, evaluate, policy_for_env, resolve_device
+
+    path = args.checkpoint
+    if os.path.isdir(os.path.join(path, "checkpoints", "final")):
+        path = os.path.join(path, "checkpoints", "final")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"no checkpoint at {args.checkpoint!r} (expected a folder with config.json, or a run folder)")
+    run_config = os.path.join(path, "..", "..", "config.yaml")
+    run = make_config(load_yaml(run_config)) if os.path.isfile(run_config) else make_config()
+    env = args.env or run.env
+    env_kwargs = coerce("env_kwargs", args.env_kwargs) if args.env_kwargs is not None else (
+        run.env_kwargs if env == run.env else {})
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    device = resolve_device(args.device)
+    make_env = env_factory(env, env_kwargs)
+    policy, tokenizer = policy_for_env(path, run, make_env)
+    metrics, _ = evaluate(policy.to(device), tokenizer, make_env, args.episodes, args.seed, args.greedy,
+                          run.num_envs, args.max_action_tokens or run.max_action_tokens, device)
+    print(json.dumps({"checkpoint": path, "env": env, "eval/episodes": args.episodes, **metrics}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+    except ConfigError as e:
+        print(f"rl-vf: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,317 @@
+"""The training loop: collect -> advantages -> update -> log -> eval -> checkpoint, repeat."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import gymnasium as gym
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from rl_vf.algos import ALGOS
+from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, value_loss, whiten
+from rl_vf.config import ConfigError, TrainConfig
+from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, action_token_mask
+from rl_vf.metrics_log import MetricsLog
+from rl_vf.policy import TinyConfig, load_policy
+from rl_vf.tokenizer import DEFAULT_CHARS
+
+STATE_FILE = "trainer_state.pt"
+EVAL_SEED_OFFSET = 1_000_000_007  # eval episodes never share a reset seed with training ones
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss; the run stops and the last good policy stays on disk."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for but torch sees no CUDA device; use --device cpu or auto")
+    return torch.device(name)
+
+
+def env_factory(env_id: str, env_kwargs: dict):
+    """A zero-argument env maker, checked once so a bad id fails early with the valid choices."""
+    import envs  # registers the project's ids
+
+    try:
+        gym.make(env_id, **env_kwargs).close()
+    except (gym.error.Error, ModuleNotFoundError, ImportError) as e:
+        ours = ", ".join(envs.ENV_IDS)
+        raise ConfigError(f"unknown env {env_id!r} ({e}); built-in ids: {ours}, or module:EnvId for your own") from None
+    except TypeError as e:
+        raise ConfigError(f"bad env_kwargs {env_kwargs!r} for {env_id}: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"bad env_kwargs {env_kwargs!r} for {env_id}: {e}") from None
+    return lambda: gym.make(env_id, disable_env_checker=True, **env_kwargs)
+
+
+def env_alphabet(env: gym.Env) -> str:
+    """Every character the env can show or accept (Text spaces), else printable ASCII."""
+    chars = "".join(
+        "".join(sorted(space.character_set)) for space in (env.observation_space, env.action_space)
+        if isinstance(space, gym.spaces.Text)
+    )
+    return chars or DEFAULT_CHARS
+
+
+def policy_for_env(model: str, cfg: TrainConfig, make_env) -> tuple:
+    """Load ``model`` ('tiny' or a folder) for this env: the tiny model gets the env's alphabet, and
+    with ``cfg.constrain_actions`` sampling is limited to tokens of the env's action space."""
+    probe = make_env()
+    tiny = TinyConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size)
+    try:
+        policy, tokenizer = load_policy(model, seed=cfg.seed, tiny=tiny, alphabet=env_alphabet(probe))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load model {model!r}: {e}") from None
+    if cfg.constrain_actions and isinstance(probe.action_space, gym.spaces.Text):
+        policy.allowed_tokens = action_token_mask(tokenizer, probe.action_space.character_set)
+    probe.close()
+    return policy, tokenizer
+
+
+def episode_metrics(episodes: list[Episode], prefix: str) -> dict:
+    n = len(episodes)
+    return {
+        f"{prefix}/return_mean": sum(e.ret for e in episodes) / n,
+        f"{prefix}/success_rate": sum(e.success for e in episodes) / n,
+        f"{prefix}/invalid_action_rate": sum(e.invalid for e in episodes) / n,
+    }
+
+
+def evaluate(policy, tokenizer, make_env, episodes: int, seed: int, greedy: bool, num_envs: int,
+             max_action_tokens: int, device) -> tuple[dict, list[Episode]]:
+    """Play ``episodes`` fresh episodes with fixed reset seeds; returns eval/* metrics and the episodes."""
+    engine = RolloutEngine(policy, tokenizer, make_env, min(num_envs, episodes), max_action_tokens, device)
+    seeds = [EVAL_SEED_OFFSET + seed * 7919 + i for i in range(episodes)]
+    was_training = policy.training
+    policy.eval()
+    eps = engine.collect(seeds, torch.Generator(device="cpu").manual_seed(seed + EVAL_SEED_OFFSET), greedy=greedy)
+    policy.train(was_training)
+    engine.close()
+    return episode_metrics(eps, "eval"), eps
+
+
+def transcript(tokenizer, episode: Episode) -> list[dict]:
+    """The episode as alternating observation/action texts."""
+    parts, start = [], 0
+    mask = episode.action_mask
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[i - 1]:
+            text = tokenizer.decode(episode.tokens[start:i], skip_special_tokens=True)
+            parts.append({"action" if mask[start] else "observation": text})
+            start = i
+    return parts
+
+
+@dataclass
+class Update:
+    """Numbers from one policy update, averaged over its minibatch steps."""
+
+    stats: dict
+    tokens: int
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str):
+        self.cfg, self.run_dir = cfg, run_dir
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.make_env = env_factory(cfg.env, cfg.env_kwargs)
+        self.algo = ALGOS[cfg.algo]
+        policy, self.tokenizer = policy_for_env(cfg.model, cfg, self.make_env)
+        self.policy = policy.to(self.device)
+        self.reference = None
+        if cfg.kl_coef > 0:
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.engine = RolloutEngine(self.policy, self.tokenizer, self.make_env, min(cfg.num_envs, cfg.episodes_per_update),
+                                    cfg.max_action_tokens, self.device)
+        self.update_idx = 0
+        self.episodes_done = 0
+        self.wall_s = 0.0
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def checkpoint_dir(self, name: str) -> str:
+        return os.path.join(self.run_dir, "checkpoints", name)
+
+    def save_checkpoint(self, name: str | None = None) -> str:
+        path = self.checkpoint_dir(name or f"update_{self.update_idx:06d}")
+        os.makedirs(path, exist_ok=True)
+        self.policy.save_pretrained(path, self.tokenizer)
+        torch.save({
+            "update": self.update_idx, "episodes": self.episodes_done, "wall_s": self.wall_s,
+            "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+            "reference": self.reference.state_dict() if self.reference is not None else None,
+        }, os.path.join(path, STATE_FILE))
+        if name is None:
+            old = sorted(d for d in os.listdir(os.path.dirname(path)) if d.startswith("update_"))
+            for stale in old[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(self.checkpoint_dir(stale))
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        policy, _ = load_policy(path)
+        self.policy.load_state_dict(policy.state_dict())
+        state = torch.load(os.path.join(path, STATE_FILE), map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        if self.reference is not None and state["reference"] is not None:
+            self.reference.load_state_dict(state["reference"])
+        self.update_idx, self.episodes_done, self.wall_s = state["update"], state["episodes"], state["wall_s"]
+
+    # ---- one iteration -------------------------------------------------------------------
+    def episode_seeds(self) -> list[int]:
+        """Reset seeds of this update's episodes; the K members of a group share one."""
+        cfg = self.cfg
+        groups = cfg.episodes_per_update // cfg.group_size
+        first = (cfg.seed * 1_000_003 + self.update_idx * groups)
+        return [first + i // cfg.group_size for i in range(cfg.episodes_per_update)]
+
+    def update(self, batch: RolloutBatch) -> Update:
+        cfg, policy = self.cfg, self.policy
+        mask = batch.action_mask
+        with torch.no_grad():
+            old = policy.score(batch.tokens, batch.attention_mask)
+            ref = self.reference.score(batch.tokens, batch.attention_mask)["logprobs"] if self.reference else None
+            advantages, returns = self.algo.advantages(batch, old, cfg)
+            stats = {}
+            if returns is not None:
+                stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
+            if cfg.normalize_advantages:
+                advantages = whiten(advantages, mask)
+
+        totals: dict[str, float] = {}
+        steps, tokens = 0, 0
+        n = len(batch)
+        for epoch in range(cfg.epochs):
+            epoch_kl = []
+            for idx in torch.randperm(n, generator=self.generator).split(cfg.minibatch_size):
+                idx = idx.to(self.device)
+                width = int(batch.attention_mask[idx].sum(1).max())
+                sl = (idx, slice(0, width))  # this minibatch, trimmed to its longest episode
+                new = policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True)
+                m = mask[sl]
+                pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
+                entropy = masked_mean(new["entropy"], m)
+                terms = {"loss/pg": pg, "loss/entropy": entropy}
+                loss = pg - cfg.ent_coef * entropy
+                if self.algo.USES_CRITIC:
+                    vf = value_loss(new["values"], old["values"][sl], returns[sl], m, cfg.vf_clip or None)
+                    terms["loss/vf"] = vf
+                    loss = loss + cfg.vf_coef * vf
+                if ref is not None:
+                    kl = kl_to_reference(new["logprobs"], ref[sl], m)
+                    terms["loss/kl"] = kl
+                    loss = loss + cfg.kl_coef * kl
+                if not torch.isfinite(loss):
+                    raise self.diverged({k: float(v) for k, v in terms.items()})
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                terms.update({f"ppo/{k}": v for k, v in pg_stats.items()})
+                for k, v in terms.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach())
+                epoch_kl.append(float(pg_stats["approx_kl"]))
+                steps += 1
+                tokens += int(batch.attention_mask[sl].sum())
+            if cfg.target_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+                break
+        stats.update({k: v / steps for k, v in totals.items()})
+        stats["ppo/epochs"] = epoch + 1
+        return Update(stats, tokens)
+
+    def diverged(self, terms: dict) -> TrainingDiverged:
+        where = f"non-finite loss at update {self.update_idx + 1} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())})"
+        if all(torch.isfinite(p).all() for p in self.policy.parameters()):
+            path = self.save_checkpoint("last_good")
+            return TrainingDiverged(f"{where}; the policy before this update is saved in {path}")
+        return TrainingDiverged(f"{where}; parameters are no longer finite, the last good checkpoint is the newest in "
+                                f"{os.path.join(self.run_dir, 'checkpoints')}")
+
+    # ---- the loop ----------------------------------------------------------------------
+    def train(self, log: MetricsLog) -> dict:
+        cfg = self.cfg
+        total_updates = math.ceil(cfg.total_episodes / cfg.episodes_per_update)
+        bar = tqdm(total=total_updates * cfg.episodes_per_update, initial=self.episodes_done, unit="ep",
+                   desc=f"{cfg.algo} {cfg.env}", dynamic_ncols=True, mininterval=1.0)
+        self.policy.train()
+        while self.update_idx < total_updates:
+            t0 = time.perf_counter()
+            episodes = self.engine.collect(self.episode_seeds(), self.generator)
+            batch = RolloutBatch.from_episodes(episodes, self.tokenizer.pad_token_id, cfg.group_size).to(self.device)
+            t1 = time.perf_counter()
+            result = self.update(batch)
+            t2 = time.perf_counter()
+            self.update_idx += 1
+            self.episodes_done += len(episodes)
+            self.wall_s += t2 - t0
+            rollout_tokens = int(batch.attention_mask.sum())
+            row = {
+                "update": self.update_idx,
+                "train/episodes": self.episodes_done,
+                **episode_metrics(episodes, "train"),
+                "train/episode_len_tokens": rollout_tokens / len(episodes),
+                **result.stats,
+                "perf/rollout_tokens_per_s": rollout_tokens / (t1 - t0),
+                "perf/update_tokens_per_s": result.tokens / (t2 - t1),
+                "perf/wall_s": self.wall_s,
+            }
+            if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
+                row.update(self.evaluate(cfg.eval_episodes)[0])
+            log.write(row)
+            bar.update(len(episodes))
+            bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
+                            inv=f"{row['train/invalid_action_rate']:.2f}", refresh=False)
+            if self.update_idx % cfg.checkpoint_every == 0 or self.update_idx == total_updates:
+                self.save_checkpoint()
+        bar.close()
+        return self.finish(log)
+
+    def evaluate(self, episodes: int) -> tuple[dict, list[Episode]]:
+        cfg = self.cfg
+        return evaluate(self.policy, self.tokenizer, self.make_env, episodes, cfg.seed, cfg.eval_greedy,
+                        cfg.num_envs, cfg.max_action_tokens, self.device)
+
+    def finish(self, log: MetricsLog) -> dict:
+        """Final evaluation, the final policy, summary.json and a few eval transcripts."""
+        cfg = self.cfg
+        metrics, episodes = self.evaluate(cfg.final_eval_episodes)
+        final = self.checkpoint_dir("final")
+        self.policy.save_pretrained(final, self.tokenizer)
+        summary = {
+            "env": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "updates": self.update_idx,
+            "train/episodes": self.episodes_done, "perf/wall_s": self.wall_s,
+            "eval/episodes": cfg.final_eval_episodes, **metrics, "checkpoint": final,
+        }
+        with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        with open(os.path.join(self.run_dir, "eval_samples.jsonl"), "w") as f:
+            for e in episodes[: cfg.eval_samples]:
+                f.write(json.dumps({"seed": e.seed, "return": e.ret, "success": e.success, "invalid": e.invalid,
+                                    "transcript": transcript(self.tokenizer, e)}) + "\n")
+        log.summary(summary)
+        return summary
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] over action tokens (1 is perfect, <= 0 useless)."""
+    m = mask.bool()
+    var = returns[m].var()
+    return float("nan") if var == 0 else float(1 - (returns[m] - values[m]).var() / var)
+
+
+def write_config(cfg: TrainConfig, run_dir: str) -> None:
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
