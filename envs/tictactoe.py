@@ -69,7 +69,8 @@ class TicTacToeEnv(TextEnv):
     Text: the cell to mark. After `str.strip()` it must be exactly one digit 1-9 naming a free
     cell. Any other string (empty, "10", "a", a taken cell, ...) is an invalid move: it never
     raises, it ends the episode with a penalty. The declared space is
-    `Text(max_length=8, charset=string.digits)`, but the env accepts any `str`.
+    `Text(max_length=1, charset=string.digits)` (a valid move is one digit; the trainer lets a
+    policy write that many characters plus a stop token), but the env accepts any `str`.
 
     ## Observation Space
     Text: the board as 3 lines of 3 characters, each ending with "\\n" (12 characters). A free
@@ -152,7 +153,7 @@ class TicTacToeEnv(TextEnv):
         self.invalid_penalty = float(invalid_penalty)
         self.render_mode = render_mode
         self.observation_space = text_space("123456789XO\n", max_length=12, min_length=12)
-        self.action_space = text_space(string.digits, max_length=8)
+        self.action_space = text_space(string.digits, max_length=1)
         self._board = EMPTY_BOARD
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

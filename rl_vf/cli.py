@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rl_vf.trainer import env_factory, evaluate, policy_for_env, resolve_device
+    from rl_vf.trainer import evaluate, open_env, policy_for_env, resolve_device
 
     path = args.checkpoint
     if os.path.isdir(os.path.join(path, "checkpoints", "final")):
@@ -127,10 +127,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     device = resolve_device(args.device)
-    make_env = env_factory(env, env_kwargs)
-    policy, tokenizer = policy_for_env(path, run, make_env)
-    metrics, _ = evaluate(policy.to(device), tokenizer, make_env, args.episodes, args.seed, args.greedy,
-                          run.num_envs, args.max_action_tokens or run.max_action_tokens, device)
+    env_info = open_env(env, env_kwargs)
+    policy, tokenizer = policy_for_env(path, run, env_info)
+    metrics, _ = evaluate(policy.to(device), tokenizer, env_info.make, args.episodes, args.seed, args.greedy,
+                          run.num_envs, args.max_action_tokens or run.max_action_tokens or env_info.action_tokens, device)
     print(json.dumps({"checkpoint": path, "env": env, "eval/episodes": args.episodes, **metrics}, indent=2))
     return 0
 

@@ -51,7 +51,8 @@ class TrainConfig:
     # Rollouts.
     episodes_per_update: int = doc("episodes collected per policy update", 256)
     num_envs: int = doc("envs played in parallel (rows of the rollout batch)", 256)
-    max_action_tokens: int = doc("an action ends at a newline, EOS or this many tokens", 4)
+    max_action_tokens: int = doc("an action ends at a newline, EOS or this many tokens (0: the env's Text action "
+                                 "space max_length + 1 for the stop token, or 64)", 0)
     constrain_actions: bool = doc("sample only stop tokens and tokens spelled with the env's action-space characters", True)
     group_size: int = doc("K episodes per initial state (needed >= 2 by baselines rloo and group)", 1)
     # Credit assignment.
@@ -84,7 +85,7 @@ class TrainConfig:
         choice(self.baseline, BASELINES, "baseline")
         choice(self.wandb, WANDB_MODES, "wandb")
         choice(self.device, DEVICES, "device")
-        for name in ("total_episodes", "episodes_per_update", "num_envs", "max_action_tokens", "group_size",
+        for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
                      "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -99,6 +100,8 @@ class TrainConfig:
         if self.episodes_per_update % self.group_size:
             raise ConfigError(f"episodes_per_update ({self.episodes_per_update}) must be a multiple of "
                               f"group_size ({self.group_size})")
+        if self.max_action_tokens < 0:
+            raise ConfigError(f"max_action_tokens must be >= 0 (0 = from the env), got {self.max_action_tokens}")
         if self.hidden_size % self.heads:
             raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
         if not isinstance(self.env_kwargs, dict):
@@ -160,7 +163,7 @@ def load_yaml(path: str) -> dict:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

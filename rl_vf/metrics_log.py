@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 
 
 class MetricsLog:
@@ -17,7 +18,7 @@ class MetricsLog:
             import wandb
 
             id_file = os.path.join(run_dir, "wandb_id")
-            run_id = open(id_file).read().strip() if os.path.exists(id_file) else wandb.util.generate_id()
+            run_id = open(id_file).read().strip() if os.path.exists(id_file) else uuid.uuid4().hex[:8]
             with open(id_file, "w") as f:
                 f.write(run_id)
             self.wandb = wandb.init(

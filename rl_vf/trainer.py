@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import gymnasium as gym
 import torch
@@ -38,43 +39,48 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def env_factory(env_id: str, env_kwargs: dict):
-    """A zero-argument env maker, checked once so a bad id fails early with the valid choices."""
+@dataclass
+class EnvInfo:
+    """What the trainer reads off an env once: how to make it and its text spaces."""
+
+    make: Callable[[], gym.Env]
+    alphabet: str  # every character it shows or accepts (tiny model vocabulary)
+    action_charset: str | None  # None: the action space is not Text
+    action_tokens: int  # default action budget: the longest action + 1 stop token
+
+
+def open_env(env_id: str, env_kwargs: dict) -> EnvInfo:
+    """Check ``env_id`` once (a bad id fails early with the valid choices) and describe it."""
     import envs  # registers the project's ids
 
     try:
-        gym.make(env_id, **env_kwargs).close()
-    except (gym.error.Error, ModuleNotFoundError, ImportError) as e:
+        probe = gym.make(env_id, **env_kwargs)
+    except (gym.error.Error, ImportError) as e:
         ours = ", ".join(envs.ENV_IDS)
         raise ConfigError(f"unknown env {env_id!r} ({e}); built-in ids: {ours}, or module:EnvId for your own") from None
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"bad env_kwargs {env_kwargs!r} for {env_id}: {e}") from None
-    except ValueError as e:
-        raise ConfigError(f"bad env_kwargs {env_kwargs!r} for {env_id}: {e}") from None
-    return lambda: gym.make(env_id, disable_env_checker=True, **env_kwargs)
-
-
-def env_alphabet(env: gym.Env) -> str:
-    """Every character the env can show or accept (Text spaces), else printable ASCII."""
-    chars = "".join(
-        "".join(sorted(space.character_set)) for space in (env.observation_space, env.action_space)
-        if isinstance(space, gym.spaces.Text)
+    spaces = [sp for sp in (probe.observation_space, probe.action_space) if isinstance(sp, gym.spaces.Text)]
+    action = probe.action_space if isinstance(probe.action_space, gym.spaces.Text) else None
+    probe.close()
+    return EnvInfo(
+        make=lambda: gym.make(env_id, disable_env_checker=True, **env_kwargs),
+        alphabet="".join("".join(sorted(sp.character_set)) for sp in spaces) or DEFAULT_CHARS,
+        action_charset="".join(sorted(action.character_set)) if action else None,
+        action_tokens=action.max_length + 1 if action else 64,
     )
-    return chars or DEFAULT_CHARS
 
 
-def policy_for_env(model: str, cfg: TrainConfig, make_env) -> tuple:
+def policy_for_env(model: str, cfg: TrainConfig, env: EnvInfo) -> tuple:
     """Load ``model`` ('tiny' or a folder) for this env: the tiny model gets the env's alphabet, and
     with ``cfg.constrain_actions`` sampling is limited to tokens of the env's action space."""
-    probe = make_env()
     tiny = TinyConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size)
     try:
-        policy, tokenizer = load_policy(model, seed=cfg.seed, tiny=tiny, alphabet=env_alphabet(probe))
+        policy, tokenizer = load_policy(model, seed=cfg.seed, tiny=tiny, alphabet=env.alphabet)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {model!r}: {e}") from None
-    if cfg.constrain_actions and isinstance(probe.action_space, gym.spaces.Text):
-        policy.allowed_tokens = action_token_mask(tokenizer, probe.action_space.character_set)
-    probe.close()
+    if cfg.constrain_actions and env.action_charset is not None:
+        policy.allowed_tokens = action_token_mask(tokenizer, env.action_charset)
     return policy, tokenizer
 
 
@@ -126,17 +132,18 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        self.make_env = env_factory(cfg.env, cfg.env_kwargs)
+        self.env = open_env(cfg.env, cfg.env_kwargs)
+        self.max_action_tokens = cfg.max_action_tokens or self.env.action_tokens
         self.algo = ALGOS[cfg.algo]
-        policy, self.tokenizer = policy_for_env(cfg.model, cfg, self.make_env)
+        policy, self.tokenizer = policy_for_env(cfg.model, cfg, self.env)
         self.policy = policy.to(self.device)
         self.reference = None
         if cfg.kl_coef > 0:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        self.engine = RolloutEngine(self.policy, self.tokenizer, self.make_env, min(cfg.num_envs, cfg.episodes_per_update),
-                                    cfg.max_action_tokens, self.device)
+        self.engine = RolloutEngine(self.policy, self.tokenizer, self.env.make,
+                                    min(cfg.num_envs, cfg.episodes_per_update), self.max_action_tokens, self.device)
         self.update_idx = 0
         self.episodes_done = 0
         self.wall_s = 0.0
@@ -215,7 +222,7 @@ class Trainer:
                     terms["loss/kl"] = kl
                     loss = loss + cfg.kl_coef * kl
                 if not torch.isfinite(loss):
-                    raise self.diverged({k: float(v) for k, v in terms.items()})
+                    raise self.diverged({k: float(v.detach()) for k, v in terms.items()})
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -281,8 +288,8 @@ class Trainer:
 
     def evaluate(self, episodes: int) -> tuple[dict, list[Episode]]:
         cfg = self.cfg
-        return evaluate(self.policy, self.tokenizer, self.make_env, episodes, cfg.seed, cfg.eval_greedy,
-                        cfg.num_envs, cfg.max_action_tokens, self.device)
+        return evaluate(self.policy, self.tokenizer, self.env.make, episodes, cfg.seed, cfg.eval_greedy,
+                        cfg.num_envs, self.max_action_tokens, self.device)
 
     def finish(self, log: MetricsLog) -> dict:
         """Final evaluation, the final policy, summary.json and a few eval transcripts."""

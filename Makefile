@@ -1,0 +1,41 @@
+# rl_vf — see README.md. Every target runs inside .venv (created by `make install`).
+PY      ?= .venv/bin/python
+ENV     ?= TicTacToe-v0
+ALGO    ?= ppo
+SEED    ?= 0
+EPISODES?=
+MODEL   ?= tiny
+OUT     ?=
+CONFIG  ?=
+WANDB   ?= offline
+ARGS    ?=
+
+TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
+	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
+
+.PHONY: install test test-slow train eval help
+
+help:
+	@echo "make install                 create .venv and install rl_vf (editable) with its dependencies"
+	@echo "make test                    fast test suite (pytest, slow learning runs excluded)"
+	@echo "make test-slow               the long learning runs (pytest -m slow)"
+	@echo "make train ENV=.. ALGO=..    train (vars: ENV ALGO SEED EPISODES MODEL OUT CONFIG WANDB ARGS)"
+	@echo "make eval CHECKPOINT=DIR     evaluate a checkpoint or run folder (vars: ENV EPISODES ARGS)"
+
+install:
+	python3 -m venv .venv
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[test]'
+
+test:
+	$(PY) -m pytest -q
+
+test-slow:
+	$(PY) -m pytest -q -m slow
+
+train:
+	$(PY) -m rl_vf train $(TRAIN_FLAGS) $(ARGS)
+
+eval:
+	$(PY) -m rl_vf eval --checkpoint $(CHECKPOINT) $(if $(filter command line,$(origin ENV)),--env $(ENV)) \
+		$(if $(EPISODES),--episodes $(EPISODES)) $(ARGS)

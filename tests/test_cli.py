@@ -1,0 +1,120 @@
+"""The real command line: learning, exact resume, run folder contents, and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rl_vf.cli import main
+from rl_vf.metrics_log import read_metrics
+from rl_vf.policy import load_policy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64", "--threads", "1"]
+
+
+def test_cli_learns_a_tiny_task(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rl_vf", "train", "--env", "tests.toy_env:PickThree-v0", "--algo", "ppo",
+           "--total-episodes", "1536", "--episodes-per-update", "128", "--max-action-tokens", "1",
+           "--lr", "3e-3", "--eval-every", "0", "--final-eval-episodes", "200", "--out", str(out),
+           "--wandb", "offline", *SMALL]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_metrics(out / "metrics.jsonl")
+    first, last = rows[0]["train/return_mean"], rows[-1]["train/return_mean"]
+    assert first < 0.3 and last > 0.8, (first, last)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval/success_rate"] > 0.8 and summary["eval/episodes"] == 200
+    # The run folder a user gets.
+    assert (out / "config.yaml").exists() and (out / "eval_samples.jsonl").exists()
+    assert (out / "checkpoints" / "final" / "value_head.safetensors").exists()
+    assert any(p.startswith("offline-run") for p in os.listdir(out / "wandb"))
+    for key in ("train/episodes", "train/success_rate", "train/invalid_action_rate", "loss/pg", "loss/vf",
+                "loss/entropy", "ppo/clipfrac", "ppo/approx_kl", "value/explained_variance",
+                "perf/rollout_tokens_per_s", "perf/update_tokens_per_s", "perf/wall_s"):
+        assert key in rows[-1], key
+
+
+def ttt_args(out, episodes, algo="ppo"):
+    return ["train", "--env", "TicTacToe-v0", "--algo", algo, "--seed", "3", "--total-episodes", str(episodes),
+            "--episodes-per-update", "32", "--num-envs", "16", "--minibatch-size", "16", "--epochs", "2",
+            "--eval-every", "2", "--eval-episodes", "16", "--final-eval-episodes", "16", "--checkpoint-every", "1",
+            "--kl-coef", "0.05", "--out", str(out), "--wandb", "disabled", *SMALL]
+
+
+@pytest.mark.parametrize("algo", ["ppo", "reinforce"])
+def test_resume_is_exact(tmp_path, algo):
+    assert main(ttt_args(tmp_path / "straight", 128, algo)) == 0
+    assert main(ttt_args(tmp_path / "split", 64, algo)) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--total-episodes", "128"]) == 0
+
+    def comparable(run):
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(run / "metrics.jsonl")]
+
+    straight, split = comparable(tmp_path / "straight"), comparable(tmp_path / "split")
+    assert len(straight) == 4 and split == straight
+    a, _ = load_policy(str(tmp_path / "straight" / "checkpoints" / "final"))
+    b, _ = load_policy(str(tmp_path / "split" / "checkpoints" / "final"))
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_eval_command_reads_a_run(tmp_path, capsys):
+    assert main(ttt_args(tmp_path / "run", 32)) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "run"), "--episodes", "20"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["env"] == "TicTacToe-v0" and result["eval/episodes"] == 20
+    assert 0 <= result["eval/success_rate"] <= 1
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_policy(tmp_path, monkeypatch, capsys):
+    import rl_vf.trainer as trainer
+
+    real = trainer.policy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, stats = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] > 4 else loss), stats
+
+    monkeypatch.setattr(trainer, "policy_loss", poisoned)
+    assert main(ttt_args(tmp_path / "run", 128)) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at update 2" in err and "Traceback" not in err
+    good = tmp_path / "run" / "checkpoints" / "last_good"
+    policy, _ = load_policy(str(good))
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
+
+def bad(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--env", "NoSuchEnv-v9"], "'NoSuchEnv-v9'"),
+    (["train", "--env", "no_such_module:Thing-v0"], "'no_such_module:Thing-v0'"),
+    (["train", "--algo", "a2c"], "unknown algo 'a2c'; choose one of: ppo, reinforce"),
+    (["train", "--baseline", "median"], "unknown baseline 'median'"),
+    (["train", "--lr", "fast"], "lr must be float, got 'fast'"),
+    (["train", "--config", "{tmp}/missing.yaml"], "cannot read config file"),
+    (["train", "--config", "BADKEY"], "unknown config key 'learning_rate'"),
+    (["train", "--config", "BADYAML"], "is not valid YAML"),
+    (["train", "--model", "{tmp}/no-model"], "no-model"),
+    (["train", "--resume", "{tmp}/nowhere"], "cannot resume"),
+    (["eval", "--checkpoint", "{tmp}/nowhere"], "no checkpoint at"),
+    (["train", "--env-kwargs", '{"opponent": "grandmaster"}'], "'grandmaster'"),
+])
+def test_bad_input_exits_2_with_one_clear_message(tmp_path, capsys, argv, needle):
+    files = {"BADKEY": bad(tmp_path, "k.yaml", "learning_rate: 0.1\n"), "BADYAML": bad(tmp_path, "y.yaml", "lr: [1,\n")}
+    argv = [files.get(a, a.replace("{tmp}", str(tmp_path))) for a in argv]
+    assert main(argv + ["--wandb", "disabled", "--out", str(tmp_path / "out")] if argv[0] == "train" else argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()  # nothing written for a run that never started
