@@ -69,8 +69,8 @@ class TicTacToeEnv(TextEnv):
     Text: the cell to mark. After `str.strip()` it must be exactly one digit 1-9 naming a free
     cell. Any other string (empty, "10", "a", a taken cell, ...) is an invalid move: it never
     raises, it ends the episode with a penalty. The declared space is
-    `Text(max_length=1, charset=string.digits)` (a valid move is one digit; the trainer lets a
-    policy write that many characters plus a stop token), but the env accepts any `str`.
+    `Text(max_length=1, charset=string.digits)` (a valid move is one digit, so the trainer's
+    default action budget is one token), but the env accepts any `str`.
 
     ## Observation Space
     Text: the board as 3 lines of 3 characters, each ending with "\\n" (12 characters). A free

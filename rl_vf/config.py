@@ -52,7 +52,7 @@ class TrainConfig:
     episodes_per_update: int = doc("episodes collected per policy update", 256)
     num_envs: int = doc("envs played in parallel (rows of the rollout batch)", 256)
     max_action_tokens: int = doc("an action ends at a newline, EOS or this many tokens (0: the env's Text action "
-                                 "space max_length + 1 for the stop token, or 64)", 0)
+                                 "space max_length, or 64)", 0)
     constrain_actions: bool = doc("sample only stop tokens and tokens spelled with the env's action-space characters", True)
     group_size: int = doc("K episodes per initial state (needed >= 2 by baselines rloo and group)", 1)
     # Credit assignment.

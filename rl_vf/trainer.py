@@ -46,7 +46,7 @@ class EnvInfo:
     make: Callable[[], gym.Env]
     alphabet: str  # every character it shows or accepts (tiny model vocabulary)
     action_charset: str | None  # None: the action space is not Text
-    action_tokens: int  # default action budget: the longest action + 1 stop token
+    action_tokens: int  # default action budget: the action space's max_length (more can only be invalid)
 
 
 def open_env(env_id: str, env_kwargs: dict) -> EnvInfo:
@@ -67,7 +67,7 @@ def open_env(env_id: str, env_kwargs: dict) -> EnvInfo:
         make=lambda: gym.make(env_id, disable_env_checker=True, **env_kwargs),
         alphabet="".join("".join(sorted(sp.character_set)) for sp in spaces) or DEFAULT_CHARS,
         action_charset="".join(sorted(action.character_set)) if action else None,
-        action_tokens=action.max_length + 1 if action else 64,
+        action_tokens=action.max_length if action else 64,
     )
 
 
