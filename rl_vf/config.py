@@ -139,10 +139,11 @@ def coerce(name: str, value):
             return value
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     try:
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
+        if kind == "int":  # accepts 60000, "60000" and "6e4", not 2.5
+            number = float(value)
+            if not number.is_integer():
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return int(number)
         if kind == "float":
             return float(value)
         return str(value)
