@@ -66,3 +66,50 @@ def test_rewards_sit_on_last_action_token(policy_and_tokenizer):
         assert all(e.rewards[i] == 0 for i in range(len(mask)) if i not in last_of_turn)
         assert sum(e.rewards) == pytest.approx(e.ret)
         assert e.tokens[0] == tok.bos_token_id and mask[0] == 0
+
+
+def test_refills_compact_the_cache_and_stay_exact(policy_and_tokenizer, monkeypatch):
+    """Many short episodes per row: the cache must be compacted, and results stay exact."""
+    import rl_vf.engine as engine_mod
+
+    policy, tok = policy_and_tokenizer
+    widths = []
+    real = engine_mod._compact
+
+    def spy(attn, cache):
+        attn, cache = real(attn, cache)
+        widths.append(attn.shape[1])
+        return attn, cache
+
+    monkeypatch.setattr(engine_mod, "_compact", spy)
+    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=5, max_action_tokens=3)
+    episodes = engine.collect(list(range(60)), torch.Generator().manual_seed(2))
+    longest = max(len(e.tokens) for e in episodes)
+    assert max(widths) < 3 * longest  # without compaction it would grow to ~12 episodes' worth
+    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
+    with torch.no_grad():
+        full = policy.score(batch.tokens, batch.attention_mask)
+    m = batch.action_mask.bool()
+    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(full["values"][m], batch.sample_values[m], atol=1e-5, rtol=0)
+
+
+def test_action_constraint_is_the_policy_distribution(policy_and_tokenizer):
+    """With allowed tokens set, sampling only emits them and the recompute scores the same."""
+    from rl_vf.engine import action_token_mask
+
+    policy, tok = policy_and_tokenizer
+    allowed = action_token_mask(tok, "0123456789")
+    policy.allowed_tokens = allowed
+    try:
+        engine = RolloutEngine(policy, tok, CountingEnv, num_envs=6, max_action_tokens=3)
+        episodes = engine.collect(list(range(20)), torch.Generator().manual_seed(3))
+        batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
+        m = batch.action_mask.bool()
+        assert allowed[batch.tokens[m]].all()
+        with torch.no_grad():
+            full = policy.score(batch.tokens, batch.attention_mask, with_entropy=True)
+        torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=1e-5, rtol=0)
+        assert torch.isfinite(full["entropy"]).all() and (full["entropy"][m] <= torch.log(allowed.sum()) + 1e-5).all()
+    finally:
+        policy.allowed_tokens = None
