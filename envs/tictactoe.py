@@ -86,7 +86,8 @@ class TicTacToeEnv(TextEnv):
     - Win: +1
     - Draw: 0
     - Loss: -1
-    - Invalid move: -invalid_penalty (default -1)
+    - Invalid move: -invalid_penalty (default -2: an illegal move forfeits the game and costs
+      more than a loss, so playing on is always better than breaking the rules)
     - Any other step: 0
 
     ## Episode End
@@ -106,7 +107,7 @@ class TicTacToeEnv(TextEnv):
     import gymnasium as gym
     import envs
     gym.make("TicTacToe-v0", opponent="random", epsilon=0.2, first_player="agent",
-             invalid_penalty=1.0, render_mode=None)
+             invalid_penalty=2.0, render_mode=None)
     ```
     - `opponent`: "random" (uniform over free cells), "minimax" (uniform over optimal moves;
       never loses) or "epsilon" (a uniform random move with probability `epsilon`, else minimax).
@@ -127,7 +128,7 @@ class TicTacToeEnv(TextEnv):
         opponent: str = "random",
         epsilon: float = 0.2,
         first_player: str = "agent",
-        invalid_penalty: float = 1.0,
+        invalid_penalty: float = 2.0,
         render_mode: str | None = None,
     ):
         if opponent not in OPPONENTS:

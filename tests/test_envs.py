@@ -91,7 +91,7 @@ def test_any_string_action_is_handled(action):
     valid = action.strip() in set("123456789")
     assert info["invalid_action"] == (not valid)
     if not valid:
-        assert (reward, terminated, truncated) == (-1.0, True, False)
+        assert (reward, terminated, truncated) == (-2.0, True, False)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_taken_cell_is_invalid():
     for taken in ["5", taken_by_opponent]:
         clone = env.clone()
         _, reward, terminated, _, info = clone.step(taken)
-        assert (reward, terminated, info["invalid_action"]) == (-1.0, True, True)
+        assert (reward, terminated, info["invalid_action"]) == (-2.0, True, True)
 
 
 def test_solver_known_positions():
