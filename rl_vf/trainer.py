@@ -24,7 +24,7 @@ from rl_vf.policy import TinyConfig, load_policy
 from rl_vf.tokenizer import DEFAULT_CHARS
 
 STATE_FILE = "trainer_state.pt"
-EVAL_SEED_OFFSET = 1_000_000_007  # eval episodes never share a reset seed with training ones
+EVAL_SEED_OFFSET = 2**62  # eval episodes never share a reset seed with training ones
 
 
 class TrainingDiverged(RuntimeError):
@@ -182,7 +182,7 @@ class Trainer:
         """Reset seeds of this update's episodes; the K members of a group share one."""
         cfg = self.cfg
         groups = cfg.episodes_per_update // cfg.group_size
-        first = (cfg.seed * 1_000_003 + self.update_idx * groups)
+        first = cfg.seed * 1_000_000_007 + self.update_idx * groups  # seeds never overlap in practice
         return [first + i // cfg.group_size for i in range(cfg.episodes_per_update)]
 
     def update(self, batch: RolloutBatch) -> Update:
@@ -243,7 +243,7 @@ class Trainer:
         where = f"non-finite loss at update {self.update_idx + 1} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())})"
         if all(torch.isfinite(p).all() for p in self.policy.parameters()):
             path = self.save_checkpoint("last_good")
-            return TrainingDiverged(f"{where}; the policy before this update is saved in {path}")
+            return TrainingDiverged(f"{where}; the policy before the failing step is saved in {path}")
         return TrainingDiverged(f"{where}; parameters are no longer finite, the last good checkpoint is the newest in "
                                 f"{os.path.join(self.run_dir, 'checkpoints')}")
 
