@@ -45,7 +45,8 @@ def eval_parser(sub) -> None:
     p.add_argument("--env-kwargs", default=None, metavar="JSON", help="env keyword arguments (default: the run's)")
     p.add_argument("--episodes", type=int, default=1000, help="episodes to play (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the eval episodes and sampling (default: 0)")
-    p.add_argument("--greedy", action="store_true", help="play the argmax action instead of sampling")
+    p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
+                   help="play the argmax action (--no-greedy: sample); default: the run's eval_greedy")
     p.add_argument("--max-action-tokens", type=int, default=None, help="default: the run's")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
 
@@ -129,9 +130,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     env_info = open_env(env, env_kwargs)
     policy, tokenizer = policy_for_env(path, run, env_info)
-    metrics, _ = evaluate(policy.to(device), tokenizer, env_info.make, args.episodes, args.seed, args.greedy,
+    greedy = run.eval_greedy if args.greedy is None else args.greedy
+    metrics, _ = evaluate(policy.to(device), tokenizer, env_info.make, args.episodes, args.seed, greedy,
                           run.num_envs, args.max_action_tokens or run.max_action_tokens or env_info.action_tokens, device)
-    print(json.dumps({"checkpoint": path, "env": env, "eval/episodes": args.episodes, **metrics}, indent=2))
+    print(json.dumps({"checkpoint": path, "env": env, "greedy": greedy, "eval/episodes": args.episodes, **metrics},
+                     indent=2))
     return 0
 
 
