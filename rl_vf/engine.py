@@ -153,96 +153,39 @@ class RolloutEngine:
         """Play ``len(seeds)`` episodes (episode i resets with ``seeds[i]``); returns them in order."""
         n = len(seeds)
         episodes: list[Episode | None] = [None] * n
-        B = min(len(self.envs), n)
-        envs = self.envs[:B]
-        row_episode = list(range(B))  # which episode each row is playing
-        next_episode = B
-        pending: list[list[int]] = []
-        for b, env in enumerate(envs):
-            obs, _ = env.reset(seed=seeds[b])
-            episodes[b] = Episode(seed=seeds[b])
-            pending.append(self.bos + list(self.encode(obs)))
-            episodes[b].extend(pending[b], is_action=False)
-
-        dev = self.device
-        cache = DynamicCache()
-        attn = torch.zeros(B, 0, dtype=torch.bool, device=dev)
-        pos = torch.zeros(B, dtype=torch.long, device=dev)
-        fresh = torch.zeros(B, dtype=torch.bool)  # rows that start a new episode this turn
+        envs = self.envs[: min(len(self.envs), n)]
+        row_episode = list(range(len(envs)))  # which episode each row is playing
+        pending = [self._start(episodes, i, envs[i], seeds[i]) for i in row_episode]  # tokens not yet cached
+        next_episode = len(envs)
+        kv = _RowCache(self.policy, len(envs), self.device)
 
         while row_episode:
-            # Prefill: every row has pending tokens (right-padded chunk).
-            if fresh.any():
-                fresh_d = fresh.to(dev)
-                attn[fresh_d] = False
-                pos[fresh_d] = 0
-                attn, cache = _compact(attn, cache)
-            lens = torch.tensor([len(p) for p in pending])
-            W = int(lens.max())
-            ids = torch.full((len(pending), W), self.pad_id, dtype=torch.long)
+            # Prefill every row's pending tokens as one right-padded chunk.
+            lens = torch.tensor([len(p) for p in pending], device=self.device)
+            ids = torch.full((len(pending), int(lens.max())), self.pad_id, dtype=torch.long)
             for b, p in enumerate(pending):
                 ids[b, : len(p)] = torch.tensor(p)
-            lens_d = lens.to(dev)
-            chunk_mask = torch.arange(W, device=dev)[None, :] < lens_d[:, None]
-            attn = torch.cat([attn, chunk_mask], dim=1)
-            logits, values, cache = self.policy(
-                ids.to(dev), attention_mask=attn, position_ids=pos[:, None] + torch.arange(W, device=dev),
-                past_key_values=cache, use_cache=True,
-            )
-            pos = pos + lens_d
-            rows = torch.arange(len(pending), device=dev)
-            logits, values = logits[rows, lens_d - 1], values[rows, lens_d - 1]
+            real = torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]
+            logits, values = kv.forward(ids.to(self.device), real)
+            rows = torch.arange(len(pending), device=self.device)
+            action = self._decode(kv, logits[rows, lens - 1], values[rows, lens - 1], generator, greedy)
 
-            # Decode one action per row.
-            live = torch.ones(len(pending), dtype=torch.bool, device=dev)
-            steps_tok, steps_lp, steps_v, steps_live = [], [], [], []
-            for step in range(self.max_action_tokens):
-                logp = torch.log_softmax(logits, dim=-1)
-                if greedy:
-                    tok = logp.argmax(-1)
-                else:
-                    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
-                tok = torch.where(live, tok, self.pad_id)
-                steps_tok.append(tok)
-                steps_lp.append(logp.gather(1, tok[:, None]).squeeze(1))
-                steps_v.append(values)
-                steps_live.append(live)
-                still = live & ~self.stop[tok]
-                if step == self.max_action_tokens - 1 or not bool(still.any()):
-                    break
-                attn = torch.cat([attn, live[:, None]], dim=1)
-                logits, values, cache = self.policy(
-                    tok[:, None], attention_mask=attn, position_ids=pos[:, None], past_key_values=cache, use_cache=True
-                )
-                pos = pos + live
-                logits, values = logits[:, 0], values[:, 0]
-                live = still
-            unfed = live  # rows whose last sampled token is not in the cache yet
-            gen = torch.stack(steps_tok, 1).tolist()
-            gen_lp = torch.stack(steps_lp, 1).tolist()
-            gen_v = torch.stack(steps_v, 1).tolist()
-            gen_n = torch.stack(steps_live, 1).sum(1).tolist()
-            unfed = unfed.tolist()
-            self.tokens_generated += sum(gen_n)
-
-            # Step the envs; refill finished rows or drop them once every episode has started.
-            keep, fresh_rows = [], []
+            # Step the envs; refill finished rows, or drop them once every episode has started.
+            keep, fresh = [], []
             for b, env in enumerate(envs):
+                tokens, logprobs, values_b, unfed = action[b]
                 ep = episodes[row_episode[b]]
-                k = gen_n[b]
-                action_tokens = gen[b][:k]
-                ep.extend(action_tokens, is_action=True, logprobs=gen_lp[b][:k], values=gen_v[b][:k])
-                action = self._decode_action(action_tokens)
-                ep.actions.append(action)
-                obs, reward, terminated, truncated, info = env.step(action)
+                ep.extend(tokens, is_action=True, logprobs=logprobs, values=values_b)
+                text = self._decode_action(tokens)
+                ep.actions.append(text)
+                obs, reward, terminated, truncated, info = env.step(text)
                 ep.rewards[-1] += float(reward)
                 ep.ret += float(reward)
                 ep.invalid |= bool(info.get("invalid_action", False))
-                last = [action_tokens[-1]] if unfed[b] else []
                 if not (terminated or truncated):
                     obs_tokens = list(self.encode(obs))
                     ep.extend(obs_tokens, is_action=False)
-                    pending[b] = last + obs_tokens
+                    pending[b] = tokens[-1:] * unfed + obs_tokens
                     keep.append(b)
                     continue
                 ep.success = bool(info.get("success", False))
@@ -250,29 +193,91 @@ class RolloutEngine:
                     ep.truncated = True
                     ep.extend(list(self.encode(obs)), is_action=False)
                 if next_episode < n:
-                    i = next_episode
+                    pending[b] = self._start(episodes, next_episode, env, seeds[next_episode])
+                    row_episode[b] = next_episode
                     next_episode += 1
-                    obs, _ = env.reset(seed=seeds[i])
-                    episodes[i] = Episode(seed=seeds[i])
-                    pending[b] = self.bos + list(self.encode(obs))
-                    episodes[i].extend(pending[b], is_action=False)
-                    row_episode[b] = i
                     keep.append(b)
-                    fresh_rows.append(b)
+                    fresh.append(b)
+            kv.restart(fresh)
             if len(keep) < len(envs):
-                idx = torch.tensor(keep, dtype=torch.long)
-                fresh_set = set(fresh_rows)
                 envs = [envs[b] for b in keep]
                 row_episode = [row_episode[b] for b in keep]
                 pending = [pending[b] for b in keep]
-                fresh_rows = [j for j, b in enumerate(keep) if b in fresh_set]
-                idx_d = idx.to(dev)
-                attn, pos = attn[idx_d], pos[idx_d]
-                if keep:
-                    cache.batch_select_indices(idx_d)
-            fresh = torch.zeros(len(envs), dtype=torch.bool)
-            fresh[fresh_rows] = True
+                kv.select(keep)
         return episodes
+
+    def _start(self, episodes: list, i: int, env: gym.Env, seed: int) -> list[int]:
+        """Reset ``env`` for episode i; returns its first tokens (BOS + observation)."""
+        obs, _ = env.reset(seed=seed)
+        episodes[i] = Episode(seed=seed)
+        tokens = self.bos + list(self.encode(obs))
+        episodes[i].extend(tokens, is_action=False)
+        return tokens
+
+    def _decode(self, kv: "_RowCache", logits, values, generator, greedy) -> list[tuple]:
+        """Sample one action per row until a stop token or the budget.
+
+        Returns per row ``(tokens, logprobs, values, unfed)``; ``unfed`` is 1 when the last token
+        is not in the cache yet (it is then prefilled with the next observation).
+        """
+        live = torch.ones(len(logits), dtype=torch.bool, device=self.device)
+        steps_tok, steps_lp, steps_v, steps_live = [], [], [], []
+        for step in range(self.max_action_tokens):
+            logp = torch.log_softmax(logits, dim=-1)
+            if greedy:
+                tok = logp.argmax(-1)
+            else:
+                tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
+            tok = torch.where(live, tok, self.pad_id)
+            steps_tok.append(tok)
+            steps_lp.append(logp.gather(1, tok[:, None]).squeeze(1))
+            steps_v.append(values)
+            steps_live.append(live)
+            still = live & ~self.stop[tok]
+            if step == self.max_action_tokens - 1 or not bool(still.any()):
+                break
+            logits, values = kv.forward(tok[:, None], live[:, None])
+            logits, values = logits[:, 0], values[:, 0]
+            live = still
+        gen = torch.stack(steps_tok, 1).tolist()
+        gen_lp = torch.stack(steps_lp, 1).tolist()
+        gen_v = torch.stack(steps_v, 1).tolist()
+        gen_n = torch.stack(steps_live, 1).sum(1).tolist()
+        self.tokens_generated += sum(gen_n)
+        return [(gen[b][:k], gen_lp[b][:k], gen_v[b][:k], int(u)) for b, (k, u) in enumerate(zip(gen_n, live.tolist()))]
+
+
+class _RowCache:
+    """One KV cache shared by rows that each keep their own positions and attention columns."""
+
+    def __init__(self, policy: Policy, rows: int, device: torch.device):
+        self.policy = policy
+        self.cache = DynamicCache()
+        self.attn = torch.zeros(rows, 0, dtype=torch.bool, device=device)  # which cache columns each row sees
+        self.pos = torch.zeros(rows, dtype=torch.long, device=device)  # next position id of each row
+
+    def forward(self, ids: torch.Tensor, real: torch.Tensor):
+        """Append ``ids`` (R, W); ``real`` marks each row's tokens (left-aligned), the rest is padding."""
+        self.attn = torch.cat([self.attn, real], dim=1)
+        positions = self.pos[:, None] + torch.arange(ids.shape[1], device=ids.device)
+        logits, values, self.cache = self.policy(
+            ids, attention_mask=self.attn, position_ids=positions, past_key_values=self.cache, use_cache=True
+        )
+        self.pos = self.pos + real.sum(1)
+        return logits, values
+
+    def restart(self, rows: list[int]) -> None:
+        """Rows that begin a new episode forget their old columns and restart at position 0."""
+        if rows:
+            self.attn[rows] = False
+            self.pos[rows] = 0
+            self.attn, self.cache = _compact(self.attn, self.cache)
+
+    def select(self, rows: list[int]) -> None:
+        idx = torch.tensor(rows, dtype=torch.long, device=self.attn.device)
+        self.attn, self.pos = self.attn[idx], self.pos[idx]
+        if rows:
+            self.cache.batch_select_indices(idx)
 
 
 def _compact(attn: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, DynamicCache]:
