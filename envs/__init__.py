@@ -4,6 +4,9 @@ import gymnasium
 
 _ENTRY_POINTS = {
     "TicTacToe-v0": "envs.tictactoe:TicTacToeEnv",
+    "ConnectFour-v0": "envs.connect_four:ConnectFourEnv",
+    "ChessEndgame-v0": "envs.chess_endgame:ChessEndgameEnv",
+    "Chess-v0": "envs.chess_game:ChessEnv",
 }
 
 ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)

@@ -11,6 +11,9 @@ Every env here is a `gymnasium.Env` whose observations and actions are plain str
   answer). Envs may also report it, as False, on earlier steps.
 - ``value`` (float), optional: the exact value of the current state, where the env can
   compute it; ground truth for value-function diagnostics.
+
+Demonstrations (for warm-starting a policy, `rl_vf pretrain`): an env that can play well
+implements `expert_action()` and `legal_actions()`; `demo_action()` mixes the two.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import copy
 from typing import Self
 
 import gymnasium
+import numpy as np
 from gymnasium.spaces import Text
 from gymnasium.utils import seeding
 
@@ -46,3 +50,24 @@ class TextEnv(gymnasium.Env[str, str]):
         if seed is not None:
             twin._np_random, twin._np_random_seed = seeding.np_random(seed)
         return twin
+
+    def expert_action(self, rng: np.random.Generator) -> str:
+        """A good action for the current state (the env's solver, heuristic or engine).
+
+        `rng` breaks ties, so demonstrations vary without touching the env's own random state.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no demonstrator")
+
+    def legal_actions(self) -> list[str]:
+        """Every legal action in the current state, as the exact text the env accepts."""
+        raise NotImplementedError(f"{type(self).__name__} does not list its legal actions")
+
+    def demo_action(self, rng: np.random.Generator, expert_prob: float) -> str:
+        """The expert's action with probability `expert_prob`, else a uniformly random legal one.
+
+        Mixing in random legal moves keeps a warm-started policy imperfect, so RL has headroom.
+        """
+        if rng.random() < expert_prob:
+            return self.expert_action(rng)
+        legal = self.legal_actions()
+        return legal[int(rng.integers(len(legal)))]

@@ -182,6 +182,14 @@ class TicTacToeEnv(TextEnv):
             return self._observation(), 0.0, False, False, self._info(solve(self._board)[0])
         return self._observation(), float(result), True, False, self._info(result, done=True)
 
+    def expert_action(self, rng) -> str:
+        """A uniformly chosen optimal move (minimax) for the agent."""
+        moves = solve(self._board, AGENT)[1]
+        return str(moves[int(rng.integers(len(moves)))])
+
+    def legal_actions(self) -> list[str]:
+        return [str(cell) for cell in legal_moves(self._board)]
+
     def render(self) -> str | None:
         return self._observation() if self.render_mode == "ansi" else None
 
