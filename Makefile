@@ -9,23 +9,29 @@ OUT     ?=
 CONFIG  ?=
 WANDB   ?= offline
 ARGS    ?=
+DEMOS   ?=
 
 TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
 	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: install test test-slow train eval help
+.PHONY: install system-deps test test-slow train pretrain eval help
 
 help:
-	@echo "make install                 create .venv and install rl_vf (editable) with its dependencies"
+	@echo "make install                 system-deps, then create .venv and install rl_vf (editable) with its deps"
+	@echo "make system-deps             optional Debian packages for the chess envs (stockfish, gaviotatb)"
 	@echo "make test                    fast test suite (pytest, slow learning runs excluded)"
 	@echo "make test-slow               the long learning runs (pytest -m slow)"
 	@echo "make train ENV=.. ALGO=..    train (vars: ENV ALGO SEED EPISODES MODEL OUT CONFIG WANDB ARGS)"
+	@echo "make pretrain ENV=.. DEMOS=N warm-start a policy on the env's demonstrations (vars: ENV SEED MODEL OUT CONFIG ARGS)"
 	@echo "make eval CHECKPOINT=DIR     evaluate a checkpoint or run folder (vars: ENV EPISODES ARGS)"
 
-install:
+install: system-deps
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
+
+system-deps:
+	bash scripts/install-system-deps.sh
 
 test:
 	$(PY) -m pytest -q
@@ -35,6 +41,10 @@ test-slow:
 
 train:
 	$(PY) -m rl_vf train $(TRAIN_FLAGS) $(ARGS)
+
+pretrain:
+	$(PY) -m rl_vf pretrain --env $(ENV) --seed $(SEED) --model $(MODEL) $(if $(DEMOS),--demos $(DEMOS)) \
+		$(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 eval:
 	$(PY) -m rl_vf eval --checkpoint $(CHECKPOINT) $(if $(filter command line,$(origin ENV)),--env $(ENV)) \

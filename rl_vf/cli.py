@@ -1,4 +1,4 @@
-"""Command line: ``python -m rl_vf train|eval`` (also installed as ``rl-vf``)."""
+"""Command line: ``python -m rl_vf train|eval|pretrain`` (also installed as ``rl-vf``)."""
 from __future__ import annotations
 
 import argparse
@@ -28,12 +28,40 @@ def train_parser(sub) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint (exactly, on CPU); "
                                                    "flags given here override its config.yaml, e.g. --total-episodes")
-    groups = {"main": p.add_argument_group("run"), "more": p.add_argument_group("every other config key")}
-    for name, f in FIELDS.items():
-        group = groups["main" if name in MAIN_FLAGS else "more"]
+    config_flags(p.add_argument_group("run"), MAIN_FLAGS)
+    config_flags(p.add_argument_group("every other config key"), [k for k in FIELDS if k not in MAIN_FLAGS])
+
+
+def config_flags(group, names, defaults: dict | None = None) -> None:
+    """One flag per config key; ``defaults`` overrides the shown default of some keys."""
+    for name in names:
+        f = FIELDS[name]
+        default = (defaults or {}).get(name, getattr(DEFAULTS, name))
         # default=SUPPRESS: only flags the user typed override the YAML and resumed configs.
         group.add_argument(flag(name), dest=name, default=argparse.SUPPRESS, metavar=f.type.upper(),
-                           help=f"{f.metadata['help']} (default: {getattr(DEFAULTS, name)!r})")
+                           help=f"{f.metadata['help']} (default: {default!r})")
+
+
+# Config keys that pretraining reads, and the defaults it uses where they differ from training's.
+PRETRAIN_KEYS = ("env", "env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size", "layers", "heads",
+                 "intermediate_size", "max_action_tokens", "constrain_actions", "lr", "epochs", "minibatch_size",
+                 "vf_coef", "gamma", "max_grad_norm", "num_envs", "final_eval_episodes", "eval_greedy")
+PRETRAIN_DEFAULTS = {"lr": 1e-3, "epochs": 3}
+
+
+def pretrain_parser(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="warm-start a policy by supervised learning on the env's demonstrations",
+        description="Play --demos episodes with the env's demonstrator (its solver, heuristic or engine, mixed "
+                    "with random legal moves), fit the policy to them (action NLL + vf_coef x value loss towards "
+                    "the reward-to-go), evaluate it, and save a checkpoint that `train --model DIR/checkpoints/final` "
+                    "starts from. Writes config.yaml, metrics.jsonl (per epoch), summary.json, checkpoints/final.",
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
+    p.add_argument("--demos", type=int, default=2000, help="demonstration episodes (default: 2000)")
+    p.add_argument("--expert-prob", type=float, default=0.8,
+                   help="chance that a demonstrated move is the expert's, else a random legal move (default: 0.8)")
+    config_flags(p.add_argument_group("config keys"), PRETRAIN_KEYS, PRETRAIN_DEFAULTS)
 
 
 def eval_parser(sub) -> None:
@@ -54,15 +82,16 @@ def eval_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rl-vf", description="Credit assignment for LM policies: PPO with a value "
                                      "head vs final-outcome REINFORCE on Gymnasium text envs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,pretrain}")
     train_parser(sub)
     eval_parser(sub)
+    pretrain_parser(sub)
     return parser
 
 
-def default_run_dir(cfg) -> str:
+def default_run_dir(cfg, kind: str | None = None) -> str:
     env = cfg.env.split(":")[-1].replace("/", "_")
-    return os.path.join("runs", f"{env}-{cfg.algo}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return os.path.join("runs", f"{env}-{kind or cfg.algo}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def latest_checkpoint(run_dir: str) -> str:
@@ -138,10 +167,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from rl_vf.pretrain import pretrain
+
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    file_layer = load_yaml(args.config) if args.config else {}
+    cfg = make_config(PRETRAIN_DEFAULTS, file_layer, flags)
+    run_dir = cfg.out or default_run_dir(cfg, "pretrain")
+    cfg.out = run_dir
+    summary = pretrain(cfg, args.demos, args.expert_prob, run_dir)
+    print(f"run folder: {run_dir}")
+    print(f"demonstrator: success_rate={summary['demo/success_rate']:.3f} over {args.demos} demos; warm start "
+          f"({'greedy' if cfg.eval_greedy else 'sampled'}) over {summary['eval/episodes']} episodes: "
+          f"success_rate={summary['eval/success_rate']:.3f}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f}")
+    print(f"train from it: make train ENV={cfg.env} MODEL={summary['checkpoint']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "pretrain": cmd_pretrain}[args.command](args)
     except ConfigError as e:
         print(f"rl-vf: error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from rl_vf.algos import ALGOS
 
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "linear")
 
 
 class ConfigError(ValueError):
@@ -49,7 +50,7 @@ class TrainConfig:
     heads: int = doc("tiny model: attention heads", 4)
     intermediate_size: int = doc("tiny model: MLP width", 256)
     # Rollouts.
-    episodes_per_update: int = doc("episodes collected per policy update", 256)
+    episodes_per_update: int = doc("episodes collected per policy update", 1024)
     num_envs: int = doc("envs played in parallel (rows of the rollout batch)", 256)
     max_action_tokens: int = doc("an action ends at a newline, EOS or this many tokens (0: the env's Text action "
                                  "space max_length, or 64)", 0)
@@ -61,7 +62,8 @@ class TrainConfig:
     baseline: str = doc(f"REINFORCE baseline: {' | '.join(BASELINES)}", "mean")
     normalize_advantages: bool = doc("whiten advantages over the batch's action tokens", True)
     # Optimisation (shared by both algorithms: they differ only in the advantages).
-    lr: float = doc("Adam learning rate", 3e-4)
+    lr: float = doc("Adam learning rate", 1e-3)
+    lr_schedule: str = doc(f"{' | '.join(LR_SCHEDULES)}: linear decays lr to 0 at total_episodes", "linear")
     epochs: int = doc("passes over each batch (1 = single-pass policy gradient)", 4)
     minibatch_size: int = doc("episodes per gradient step", 64)
     clip: float = doc("PPO ratio clip epsilon", 0.2)
@@ -85,6 +87,7 @@ class TrainConfig:
         choice(self.baseline, BASELINES, "baseline")
         choice(self.wandb, WANDB_MODES, "wandb")
         choice(self.device, DEVICES, "device")
+        choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
                      "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size"):
             if getattr(self, name) < 1:
@@ -118,6 +121,10 @@ def choice(value, valid, name: str):
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+# Defaults that an env overrides, tuned and measured per env (README "Results"). They sit between
+# the dataclass defaults and the user's --config file and flags; config.yaml records the result.
+ENV_DEFAULTS: dict[str, dict] = {}
 
 
 def coerce(name: str, value):
@@ -176,11 +183,13 @@ def load_yaml(path: str) -> dict:
 
 
 def make_config(*layers: dict) -> TrainConfig:
-    """Defaults overlaid with each mapping in turn (later wins), coerced and validated."""
+    """Defaults, then the env's own defaults (ENV_DEFAULTS), then each mapping in turn (later
+    wins); coerced and validated."""
     merged: dict = {}
     for layer in layers:
         for key, value in layer.items():
             if key not in FIELDS:
                 raise unknown_key(key, "the overrides")
             merged[key] = coerce(key, value)
-    return TrainConfig(**merged).validate()
+    env_layer = ENV_DEFAULTS.get(merged.get("env", FIELDS["env"].default), {})
+    return TrainConfig(**{**env_layer, **merged}).validate()

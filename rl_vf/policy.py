@@ -29,7 +29,7 @@ class TinyConfig:
     layers: int = 2
     heads: int = 4
     intermediate_size: int = 256
-    max_positions: int = 1024
+    max_positions: int = 4096  # RoPE: no parameters; only a long chess game needs this many
 
 
 class Policy(nn.Module):

@@ -239,6 +239,13 @@ class Trainer:
         stats["ppo/epochs"] = epoch + 1
         return Update(stats, tokens)
 
+    def set_lr(self, total_updates: int) -> None:
+        """The lr for the coming update; computed from the update index, so resuming is exact."""
+        cfg = self.cfg
+        frac = 1 - self.update_idx / total_updates if cfg.lr_schedule == "linear" else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * frac
+
     def diverged(self, terms: dict) -> TrainingDiverged:
         where = f"non-finite loss at update {self.update_idx + 1} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())})"
         if all(torch.isfinite(p).all() for p in self.policy.parameters()):
@@ -256,6 +263,7 @@ class Trainer:
         self.policy.train()
         while self.update_idx < total_updates:
             t0 = time.perf_counter()
+            self.set_lr(total_updates)
             episodes = self.engine.collect(self.episode_seeds(), self.generator)
             batch = RolloutBatch.from_episodes(episodes, self.tokenizer.pad_token_id, cfg.group_size).to(self.device)
             t1 = time.perf_counter()
@@ -271,6 +279,7 @@ class Trainer:
                 **episode_metrics(episodes, "train"),
                 "train/episode_len_tokens": rollout_tokens / len(episodes),
                 **result.stats,
+                "train/lr": self.optimizer.param_groups[0]["lr"],
                 "perf/rollout_tokens_per_s": rollout_tokens / (t1 - t0),
                 "perf/update_tokens_per_s": result.tokens / (t2 - t1),
                 "perf/wall_s": self.wall_s,

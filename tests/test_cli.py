@@ -1,6 +1,7 @@
 """The real command line: learning, exact resume, run folder contents, and bad input."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,7 +43,12 @@ def ttt_args(out, episodes, algo="ppo"):
     return ["train", "--env", "TicTacToe-v0", "--algo", algo, "--seed", "3", "--total-episodes", str(episodes),
             "--episodes-per-update", "32", "--num-envs", "16", "--minibatch-size", "16", "--epochs", "2",
             "--eval-every", "2", "--eval-episodes", "16", "--final-eval-episodes", "16", "--checkpoint-every", "1",
-            "--kl-coef", "0.05", "--out", str(out), "--wandb", "disabled", *SMALL]
+            "--kl-coef", "0.05", "--lr-schedule", "constant", "--out", str(out), "--wandb", "disabled", *SMALL]
+
+
+def comparable(run):
+    """A run's metrics rows without the perf/* timings, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(run / "metrics.jsonl")]
 
 
 @pytest.mark.parametrize("algo", ["ppo", "reinforce"])
@@ -50,16 +56,30 @@ def test_resume_is_exact(tmp_path, algo):
     assert main(ttt_args(tmp_path / "straight", 128, algo)) == 0
     assert main(ttt_args(tmp_path / "split", 64, algo)) == 0
     assert main(["train", "--resume", str(tmp_path / "split"), "--total-episodes", "128"]) == 0
-
-    def comparable(run):
-        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(run / "metrics.jsonl")]
-
     straight, split = comparable(tmp_path / "straight"), comparable(tmp_path / "split")
     assert len(straight) == 4 and split == straight
     a, _ = load_policy(str(tmp_path / "straight" / "checkpoints" / "final"))
     b, _ = load_policy(str(tmp_path / "split" / "checkpoints" / "final"))
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_crash_resume_with_linear_lr_is_exact(tmp_path):
+    """A run killed after update 3 and resumed replays update 4 exactly, decayed lr included.
+
+    (test_resume_is_exact extends a finished run, so it needs the constant schedule.)
+    """
+    args = ttt_args(tmp_path / "straight", 128) + ["--lr", "1e-3", "--lr-schedule", "linear"]
+    assert main(args) == 0
+    straight = comparable(tmp_path / "straight")
+    assert [r["train/lr"] for r in straight] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    crashed = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "straight", crashed)
+    for name in ("checkpoints/update_000004", "checkpoints/final"):
+        shutil.rmtree(crashed / name)
+    (crashed / "summary.json").unlink()
+    assert main(["train", "--resume", str(crashed)]) == 0
+    assert comparable(crashed) == straight
 
 
 def test_eval_command_reads_a_run(tmp_path, capsys):

@@ -21,6 +21,12 @@ class PickThreeEnv(TextEnv):
         invalid = action.strip() not in set("0123456789")
         return "pick:", float(ok), True, False, {"invalid_action": invalid, "success": ok}
 
+    def expert_action(self, rng):
+        return "3"
+
+    def legal_actions(self):
+        return list("0123456789")
+
 
 if "PickThree-v0" not in gym.registry:
     gym.register("PickThree-v0", entry_point=PickThreeEnv)

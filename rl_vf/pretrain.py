@@ -1,0 +1,138 @@
+"""Warm start: supervised training of a policy on the env's own demonstrations.
+
+Each env with a demonstrator (``TextEnv.demo_action``: its solver, heuristic or engine, mixed
+with random legal moves) plays ``demos`` episodes. The transcripts use exactly the token layout of
+the rollout engine (BOS, observation, action, stop token, observation, ...), so the policy learns
+the same conditional it will sample from in RL. The loss is the NLL of the action tokens plus, with
+``vf_coef > 0``, a value loss towards the demonstrations' reward-to-go (a pretrained critic).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rl_vf.advantages import gae
+from rl_vf.algos.losses import masked_mean
+from rl_vf.config import ConfigError, TrainConfig
+from rl_vf.engine import Episode, RolloutBatch
+from rl_vf.trainer import episode_metrics, evaluate, open_env, policy_for_env, resolve_device, write_config
+
+
+def stop_token(tokenizer) -> int:
+    """The token that ends an action early: a newline where the vocabulary has one, else EOS."""
+    ids = tokenizer.encode("\n", add_special_tokens=False)
+    return ids[0] if len(ids) == 1 and tokenizer.decode(ids) == "\n" else tokenizer.eos_token_id
+
+
+def demo_episode(env, seed: int, rng: np.random.Generator, expert_prob: float, tokenizer,
+                 max_action_tokens: int) -> Episode:
+    """One demonstration, laid out as the rollout engine lays out a sampled episode."""
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    obs, _ = env.reset(seed=seed)
+    ep = Episode(seed=seed)
+    ep.extend(bos + encode(obs), is_action=False)
+    while True:
+        action = env.unwrapped.demo_action(rng, expert_prob)
+        tokens = encode(action)
+        if len(tokens) > max_action_tokens:
+            raise ConfigError(f"the demonstrator's action {action!r} is {len(tokens)} tokens, more than "
+                              f"max_action_tokens={max_action_tokens}; raise --max-action-tokens")
+        if len(tokens) < max_action_tokens:
+            tokens.append(stop_token(tokenizer))
+        ep.extend(tokens, is_action=True)
+        ep.actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        ep.rewards[-1] += float(reward)
+        ep.ret += float(reward)
+        ep.invalid |= bool(info.get("invalid_action", False))
+        if terminated or truncated:
+            ep.success = bool(info.get("success", False))
+            return ep
+        ep.extend(encode(obs), is_action=False)
+
+
+def check_demonstrator(env, env_id: str) -> None:
+    try:
+        env.unwrapped.legal_actions()
+        env.unwrapped.expert_action(np.random.default_rng(0))
+    except (AttributeError, NotImplementedError) as e:
+        import envs
+
+        raise ConfigError(f"env {env_id!r} has no demonstrator ({e}); it needs expert_action() and legal_actions() "
+                          f"(see envs/base.py); built-in envs: {', '.join(envs.ENV_IDS)}") from None
+
+
+def pretrain(cfg: TrainConfig, demos: int, expert_prob: float, run_dir: str) -> dict:
+    """Generate demonstrations, fit the policy to them, save checkpoints/final; returns the summary."""
+    if demos < 1:
+        raise ConfigError(f"demos must be >= 1, got {demos}")
+    if not 0.0 <= expert_prob <= 1.0:
+        raise ConfigError(f"expert_prob must be in [0, 1], got {expert_prob}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    env_info = open_env(cfg.env, cfg.env_kwargs)
+    policy, tokenizer = policy_for_env(cfg.model, cfg, env_info)
+    policy = policy.to(device)
+    max_action_tokens = cfg.max_action_tokens or env_info.action_tokens
+    env = env_info.make()
+    check_demonstrator(env, cfg.env)
+    os.makedirs(run_dir, exist_ok=True)
+    write_config(cfg, run_dir)
+
+    rng = np.random.default_rng(cfg.seed)
+    episodes = [demo_episode(env, cfg.seed * 1_000_003 + i, rng, expert_prob, tokenizer, max_action_tokens)
+                for i in tqdm(range(demos), desc=f"demos {cfg.env}", unit="ep", mininterval=1.0)]
+    env.close()
+    batch = RolloutBatch.from_episodes(episodes, tokenizer.pad_token_id).to(device)
+    _, reward_to_go = gae(batch.rewards, torch.zeros_like(batch.rewards), batch.action_mask, gamma=cfg.gamma, lam=1.0)
+
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = -(-demos // cfg.minibatch_size)
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="pretrain", unit="step", mininterval=1.0)
+    history = []
+    policy.train()
+    for epoch in range(cfg.epochs):
+        totals = {"pretrain/nll": 0.0, "pretrain/vf_loss": 0.0}
+        for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
+            idx = idx.to(device)
+            width = int(batch.attention_mask[idx].sum(1).max())
+            sl = (idx, slice(0, width))
+            out = policy.score(batch.tokens[sl], batch.attention_mask[sl])
+            mask = batch.action_mask[sl]
+            nll = -masked_mean(out["logprobs"], mask)
+            vf = 0.5 * masked_mean((out["values"] - reward_to_go[sl]) ** 2, mask)
+            loss = nll + cfg.vf_coef * vf
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            totals["pretrain/nll"] += float(nll.detach()) / steps_per_epoch
+            totals["pretrain/vf_loss"] += float(vf.detach()) / steps_per_epoch
+            bar.update()
+        bar.set_postfix(nll=f"{totals['pretrain/nll']:.3f}", refresh=False)
+        history.append({"epoch": epoch + 1, **totals})
+    bar.close()
+
+    final = os.path.join(run_dir, "checkpoints", "final")
+    policy.save_pretrained(final, tokenizer)
+    metrics, _ = evaluate(policy, tokenizer, env_info.make, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
+                          cfg.num_envs, max_action_tokens, device)
+    summary = {
+        "env": cfg.env, "seed": cfg.seed, "demos": demos, "expert_prob": expert_prob,
+        **episode_metrics(episodes, "demo"), **history[-1], "eval/episodes": cfg.final_eval_episodes, "eval/greedy": cfg.eval_greedy, **metrics,
+        "checkpoint": final,
+    }
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in history)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary

@@ -1,0 +1,79 @@
+"""Warm start from demonstrations: transcript layout, learning, and the checkpoint RL starts from."""
+import json
+
+import numpy as np
+import pytest
+
+import tests.toy_env  # noqa: F401  (registers PickThree-v0)
+from envs.tictactoe import solve
+from rl_vf.cli import main
+from rl_vf.metrics_log import read_metrics
+from rl_vf.policy import load_policy
+from rl_vf.engine import stop_token_mask
+from rl_vf.pretrain import demo_episode, stop_token
+from rl_vf.tokenizer import char_tokenizer
+from rl_vf.trainer import open_env, transcript
+
+SMALL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64", "--threads", "1"]
+
+
+def test_demo_transcript_has_the_engine_layout():
+    env_info = open_env("TicTacToe-v0", {})
+    tokenizer = char_tokenizer(env_info.alphabet)
+    env = env_info.make()
+    ep = demo_episode(env, seed=5, rng=np.random.default_rng(0), expert_prob=1.0, tokenizer=tokenizer,
+                      max_action_tokens=1)
+    assert ep.tokens[0] == tokenizer.bos_token_id and ep.action_mask[0] == 0
+    parts = transcript(tokenizer, ep)
+    observations, actions = parts[0::2], parts[1::2]
+    assert [a["action"] for a in actions] == ep.actions
+    for obs, act in zip(observations, actions):  # every demonstrated move is a minimax-optimal one
+        board = obs["observation"].replace("\n", "")
+        assert int(act["action"]) in solve(board)[1]
+    # One-token actions fill the budget: no stop token. The reward sits on the last action token.
+    assert sum(ep.action_mask) == len(ep.actions)
+    last_action = max(i for i, m in enumerate(ep.action_mask) if m)
+    assert ep.rewards[last_action] == ep.ret and sum(ep.rewards) == ep.ret and ep.ret >= 0
+
+
+def test_short_actions_end_with_the_stop_token():
+    env_info = open_env("tests.toy_env:PickThree-v0", {})
+    tokenizer = char_tokenizer(env_info.alphabet)
+    ep = demo_episode(env_info.make(), 0, np.random.default_rng(0), 1.0, tokenizer, max_action_tokens=4)
+    actions = [t for t, m in zip(ep.tokens, ep.action_mask) if m]
+    assert actions == tokenizer.encode("3", add_special_tokens=False) + [stop_token(tokenizer)]
+    assert stop_token_mask(tokenizer)[stop_token(tokenizer)] and ep.success
+    assert stop_token(tokenizer) == tokenizer.eos_token_id  # "pick:" shows no newline, so none in the vocabulary
+    ttt = char_tokenizer(open_env("TicTacToe-v0", {}).alphabet)
+    assert ttt.decode([stop_token(ttt)]) == "\n"
+
+
+def test_pretrain_teaches_the_expert_and_train_starts_from_it(tmp_path, capsys):
+    out = tmp_path / "warm"
+    assert main(["pretrain", "--env", "tests.toy_env:PickThree-v0", "--demos", "256", "--expert-prob", "1",
+                 "--epochs", "8", "--lr", "3e-3", "--minibatch-size", "32", "--final-eval-episodes", "50", "--out", str(out),
+                 *SMALL]) == 0
+    assert "train from it: make train" in capsys.readouterr().out
+    nll = [r["pretrain/nll"] for r in read_metrics(out / "metrics.jsonl")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["demo/success_rate"] == 1.0
+    assert nll[-1] < 0.1 < nll[0], nll
+    assert summary["eval/success_rate"] == 1.0  # greedy "3" then stop, every time
+    # RL continues from the warm start: its very first batch (sampled) is already mostly right.
+    run = tmp_path / "rl"
+    assert main(["train", "--env", "tests.toy_env:PickThree-v0", "--model", str(out / "checkpoints" / "final"),
+                 "--total-episodes", "64", "--episodes-per-update", "64", "--final-eval-episodes", "16",
+                 "--eval-every", "0", "--wandb", "disabled", "--out", str(run), "--threads", "1"]) == 0
+    assert read_metrics(run / "metrics.jsonl")[0]["train/success_rate"] > 0.8
+    policy, _ = load_policy(str(out / "checkpoints" / "final"))
+    assert policy.config.hidden_size == 32
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--demos", "0"], "demos must be >= 1, got 0"),
+    (["--expert-prob", "1.5"], "expert_prob must be in [0, 1], got 1.5"),
+    (["--env", "Taxi-v4"], "has no demonstrator"),
+])
+def test_bad_pretrain_input_exits_2(tmp_path, capsys, argv, needle):
+    assert main(["pretrain", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert needle in capsys.readouterr().err
