@@ -188,9 +188,10 @@ class Trainer:
     def update(self, batch: RolloutBatch) -> Update:
         cfg, policy = self.cfg, self.policy
         mask = batch.action_mask
+        lengths = batch.attention_mask.sum(1)
         with torch.no_grad():
-            old = policy.score(batch.tokens, batch.attention_mask)
-            ref = self.reference.score(batch.tokens, batch.attention_mask)["logprobs"] if self.reference else None
+            old = score_batch(policy, batch, lengths, cfg.minibatch_size)
+            ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"] if self.reference else None
             advantages, returns = self.algo.advantages(batch, old, cfg)
             stats = {}
             if returns is not None:
@@ -200,39 +201,45 @@ class Trainer:
 
         totals: dict[str, float] = {}
         steps, tokens = 0, 0
-        n = len(batch)
         for epoch in range(cfg.epochs):
             epoch_kl = []
-            for idx in torch.randperm(n, generator=self.generator).split(cfg.minibatch_size):
-                idx = idx.to(self.device)
-                width = int(batch.attention_mask[idx].sum(1).max())
-                sl = (idx, slice(0, width))  # this minibatch, trimmed to its longest episode
-                new = policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True)
-                m = mask[sl]
-                pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
-                entropy = masked_mean(new["entropy"], m)
-                terms = {"loss/pg": pg, "loss/entropy": entropy}
-                loss = pg - cfg.ent_coef * entropy
-                if self.algo.USES_CRITIC:
-                    vf = value_loss(new["values"], old["values"][sl], returns[sl], m, cfg.vf_clip or None)
-                    terms["loss/vf"] = vf
-                    loss = loss + cfg.vf_coef * vf
-                if ref is not None:
-                    kl = kl_to_reference(new["logprobs"], ref[sl], m)
-                    terms["loss/kl"] = kl
-                    loss = loss + cfg.kl_coef * kl
-                if not torch.isfinite(loss):
-                    raise self.diverged({k: float(v.detach()) for k, v in terms.items()})
+            for idx in torch.randperm(len(batch), generator=self.generator).split(cfg.minibatch_size):
+                # One gradient step over the minibatch, accumulated over groups of similar length so
+                # short episodes are not padded to the longest; each group's mean-over-tokens losses
+                # are weighted by its share of the minibatch's action tokens (the same gradient).
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                step_terms: dict[str, float] = {}
+                action_tokens = mask[idx].sum()
+                for part in length_buckets(lengths, idx.to(self.device)):
+                    sl = (part, slice(0, int(lengths[part].max())))
+                    m = mask[sl]
+                    weight = m.sum() / action_tokens
+                    new = policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True)
+                    pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
+                    entropy = masked_mean(new["entropy"], m)
+                    terms = {"loss/pg": pg, "loss/entropy": entropy}
+                    loss = pg - cfg.ent_coef * entropy
+                    if self.algo.USES_CRITIC:
+                        vf = value_loss(new["values"], old["values"][sl], returns[sl], m, cfg.vf_clip or None)
+                        terms["loss/vf"] = vf
+                        loss = loss + cfg.vf_coef * vf
+                    if ref is not None:
+                        kl = kl_to_reference(new["logprobs"], ref[sl], m)
+                        terms["loss/kl"] = kl
+                        loss = loss + cfg.kl_coef * kl
+                    if not torch.isfinite(loss):
+                        raise self.diverged({k: float(v.detach()) for k, v in terms.items()})
+                    (loss * weight).backward()
+                    terms.update({f"ppo/{k}": v for k, v in pg_stats.items()})
+                    for k, v in terms.items():
+                        step_terms[k] = step_terms.get(k, 0.0) + float(v.detach() * weight)
+                    tokens += int(batch.attention_mask[sl].sum())
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-                terms.update({f"ppo/{k}": v for k, v in pg_stats.items()})
-                for k, v in terms.items():
-                    totals[k] = totals.get(k, 0.0) + float(v.detach())
-                epoch_kl.append(float(pg_stats["approx_kl"]))
+                for k, v in step_terms.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                epoch_kl.append(step_terms["ppo/approx_kl"])
                 steps += 1
-                tokens += int(batch.attention_mask[sl].sum())
             if cfg.target_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
                 break
         stats.update({k: v / steps for k, v in totals.items()})
@@ -319,6 +326,32 @@ class Trainer:
                                     "transcript": transcript(self.tokenizer, e)}) + "\n")
         log.summary(summary)
         return summary
+
+
+def length_buckets(lengths: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
+    """``idx`` regrouped by episode length, longest first: a group ends where the next episode is at
+    most half as long as the group's longest, so padding a group to its longest at most doubles it."""
+    order = idx[torch.argsort(lengths[idx], descending=True, stable=True)]
+    sizes = lengths[order].tolist()
+    groups, start = [], 0
+    for i in range(1, len(sizes) + 1):
+        if i == len(sizes) or 2 * sizes[i] <= sizes[start]:
+            groups.append(order[start:i])
+            start = i
+    return groups
+
+
+@torch.no_grad()
+def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int) -> dict:
+    """``policy.score`` over the whole batch, run on length groups of at most ``chunk`` episodes."""
+    out: dict[str, torch.Tensor] = {}
+    for group in length_buckets(lengths, torch.arange(len(batch), device=lengths.device)):
+        for part in group.split(chunk):
+            width = int(lengths[part].max())
+            for key, value in policy.score(batch.tokens[part, :width], batch.attention_mask[part, :width]).items():
+                out.setdefault(key, torch.zeros(batch.tokens.shape, dtype=value.dtype, device=value.device))
+                out[key][part, :width] = value
+    return out
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -94,15 +94,19 @@ def test_eval_command_reads_a_run(tmp_path, capsys):
 def test_nan_loss_stops_and_keeps_the_last_good_policy(tmp_path, monkeypatch, capsys):
     import rl_vf.trainer as trainer
 
-    real = trainer.policy_loss
-    calls = {"n": 0}
+    real_loss, real_set_lr = trainer.policy_loss, trainer.Trainer.set_lr
+    poison = {"on": False}
+
+    def set_lr(self, total_updates):  # called at the start of every update
+        poison["on"] = self.update_idx >= 1
+        real_set_lr(self, total_updates)
 
     def poisoned(*args, **kwargs):
-        calls["n"] += 1
-        loss, stats = real(*args, **kwargs)
-        return (loss * float("nan") if calls["n"] > 4 else loss), stats
+        loss, stats = real_loss(*args, **kwargs)
+        return (loss * float("nan") if poison["on"] else loss), stats
 
     monkeypatch.setattr(trainer, "policy_loss", poisoned)
+    monkeypatch.setattr(trainer.Trainer, "set_lr", set_lr)
     assert main(ttt_args(tmp_path / "run", 128)) == 1
     err = capsys.readouterr().err
     assert "non-finite loss at update 2" in err and "Traceback" not in err

@@ -1,0 +1,59 @@
+"""The update step: length-grouped gradient accumulation is the same step as one padded minibatch."""
+import copy
+
+import torch
+
+import rl_vf.trainer as trainer
+from rl_vf.config import make_config
+from rl_vf.engine import RolloutBatch
+from rl_vf.trainer import Trainer, length_buckets, score_batch
+
+SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled")
+
+
+def test_length_buckets_partition_with_bounded_padding():
+    lengths = torch.tensor([10, 3, 9, 5, 2, 20, 6])
+    groups = length_buckets(lengths, torch.arange(7))
+    assert [lengths[g].tolist() for g in groups] == [[20], [10, 9, 6], [5, 3], [2]]
+    assert sorted(torch.cat(groups).tolist()) == list(range(7))
+    subset = torch.tensor([6, 1, 4])
+    assert [g.tolist() for g in length_buckets(lengths, subset)] == [[6], [1, 4]]  # 3 is half of 6: a new group
+
+
+def collected(tmp_path, algo):
+    cfg = make_config(dict(env="TicTacToe-v0", algo=algo, episodes_per_update=48, num_envs=48, seed=1, **SMALL))
+    t = Trainer(cfg, str(tmp_path))
+    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id)
+    lengths = batch.attention_mask.sum(1)
+    assert len(length_buckets(lengths, torch.arange(len(batch)))) > 1  # early episodes vary in length
+    return t, batch, lengths
+
+
+def test_score_batch_matches_one_full_forward(tmp_path):
+    t, batch, lengths = collected(tmp_path, "ppo")
+    grouped = score_batch(t.policy, batch, lengths, chunk=8)
+    with torch.no_grad():
+        full = t.policy.score(batch.tokens, batch.attention_mask)
+    real = batch.attention_mask.bool()
+    for key in ("logprobs", "values", "next_value"):
+        assert torch.allclose(grouped[key][real], full[key][real], atol=1e-5), key
+
+
+def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
+    for algo in ("ppo", "reinforce"):
+        t, batch, _ = collected(tmp_path / algo, algo)
+        t.cfg.epochs, t.cfg.minibatch_size = 1, len(batch)  # exactly one optimiser step
+        state = copy.deepcopy((t.policy.state_dict(), t.optimizer.state_dict(), t.generator.get_state()))
+        grouped = t.update(batch).stats
+        after_grouped = copy.deepcopy(t.policy.state_dict())
+
+        t.policy.load_state_dict(state[0])
+        t.optimizer.load_state_dict(state[1])
+        t.generator.set_state(state[2])
+        monkeypatch.setattr(trainer, "length_buckets", lambda lengths, idx: [idx])
+        padded = t.update(batch).stats
+        monkeypatch.undo()
+        for name, value in t.policy.state_dict().items():
+            assert torch.allclose(value, after_grouped[name], atol=1e-6), (algo, name)
+        for key in ("loss/pg", "loss/entropy", "ppo/approx_kl"):
+            assert abs(grouped[key] - padded[key]) < 1e-5, (algo, key)
