@@ -19,7 +19,7 @@ from rl_vf.advantages import gae
 from rl_vf.algos.losses import masked_mean
 from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.engine import Episode, RolloutBatch
-from rl_vf.trainer import episode_metrics, evaluate, open_env, policy_for_env, resolve_device, write_config
+from rl_vf.trainer import episode_metrics, evaluate, minibatch_parts, open_env, policy_for_env, resolve_device, write_config
 
 
 def stop_token(tokenizer) -> int:
@@ -92,6 +92,7 @@ def pretrain(cfg: TrainConfig, demos: int, expert_prob: float, run_dir: str) -> 
                 for i in tqdm(range(demos), desc=f"demos {cfg.env}", unit="ep", mininterval=1.0)]
     env.close()
     batch = RolloutBatch.from_episodes(episodes, tokenizer.pad_token_id).to(device)
+    lengths = batch.attention_mask.sum(1)
     _, reward_to_go = gae(batch.rewards, torch.zeros_like(batch.rewards), batch.action_mask, gamma=cfg.gamma, lam=1.0)
 
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
@@ -103,20 +104,17 @@ def pretrain(cfg: TrainConfig, demos: int, expert_prob: float, run_dir: str) -> 
     for epoch in range(cfg.epochs):
         totals = {"pretrain/nll": 0.0, "pretrain/vf_loss": 0.0}
         for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
-            idx = idx.to(device)
-            width = int(batch.attention_mask[idx].sum(1).max())
-            sl = (idx, slice(0, width))
-            out = policy.score(batch.tokens[sl], batch.attention_mask[sl])
-            mask = batch.action_mask[sl]
-            nll = -masked_mean(out["logprobs"], mask)
-            vf = 0.5 * masked_mean((out["values"] - reward_to_go[sl]) ** 2, mask)
-            loss = nll + cfg.vf_coef * vf
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            for sl, weight in minibatch_parts(lengths, batch.action_mask, idx.to(device)):
+                out = policy.score(batch.tokens[sl], batch.attention_mask[sl])
+                mask = batch.action_mask[sl]
+                nll = -masked_mean(out["logprobs"], mask)
+                vf = 0.5 * masked_mean((out["values"] - reward_to_go[sl]) ** 2, mask)
+                ((nll + cfg.vf_coef * vf) * weight).backward()
+                totals["pretrain/nll"] += float(nll.detach() * weight) / steps_per_epoch
+                totals["pretrain/vf_loss"] += float(vf.detach() * weight) / steps_per_epoch
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
-            totals["pretrain/nll"] += float(nll.detach()) / steps_per_epoch
-            totals["pretrain/vf_loss"] += float(vf.detach()) / steps_per_epoch
             bar.update()
         bar.set_postfix(nll=f"{totals['pretrain/nll']:.3f}", refresh=False)
         history.append({"epoch": epoch + 1, **totals})

@@ -204,16 +204,10 @@ class Trainer:
         for epoch in range(cfg.epochs):
             epoch_kl = []
             for idx in torch.randperm(len(batch), generator=self.generator).split(cfg.minibatch_size):
-                # One gradient step over the minibatch, accumulated over groups of similar length so
-                # short episodes are not padded to the longest; each group's mean-over-tokens losses
-                # are weighted by its share of the minibatch's action tokens (the same gradient).
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
-                action_tokens = mask[idx].sum()
-                for part in length_buckets(lengths, idx.to(self.device)):
-                    sl = (part, slice(0, int(lengths[part].max())))
+                for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device)):
                     m = mask[sl]
-                    weight = m.sum() / action_tokens
                     new = policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True)
                     pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
                     entropy = masked_mean(new["entropy"], m)
@@ -339,6 +333,17 @@ def length_buckets(lengths: torch.Tensor, idx: torch.Tensor) -> list[torch.Tenso
             groups.append(order[start:i])
             start = i
     return groups
+
+
+def minibatch_parts(lengths: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor):
+    """One gradient step over minibatch ``idx``, as parts to accumulate: yields ``(rows, columns)``
+    index pairs of length groups (so short episodes are not padded to the longest) and each part's
+    weight, its share of the minibatch's action tokens. Summing ``weight * masked_mean(loss)`` over
+    the parts gives the gradient of ``masked_mean(loss)`` over the whole minibatch."""
+    action_tokens = mask[idx].sum()
+    for part in length_buckets(lengths, idx):
+        sl = (part, slice(0, int(lengths[part].max())))
+        yield sl, mask[sl].sum() / action_tokens
 
 
 @torch.no_grad()
