@@ -7,6 +7,10 @@ _ENTRY_POINTS = {
     "ConnectFour-v0": "envs.connect_four:ConnectFourEnv",
     "ChessEndgame-v0": "envs.chess_endgame:ChessEndgameEnv",
     "Chess-v0": "envs.chess_game:ChessEnv",
+    "CodeFunction-v0": "envs.code_function:CodeFunctionEnv",
+    "Arithmetic-v0": "envs.arithmetic:ArithmeticEnv",
+    "Countdown-v0": "envs.countdown:CountdownEnv",
+    "KeyToDoor-v0": "envs.key_to_door:KeyToDoorEnv",
 }
 
 ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from rl_vf.config import FIELDS, ConfigError, TrainConfig, coerce, load_yaml, make_config
+from rl_vf.config import ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, load_yaml, make_config
 
 DEFAULTS = TrainConfig()
 # Flags the issue names first in --help; every other config field follows.
@@ -21,9 +21,11 @@ def flag(name: str) -> str:
 def train_parser(sub) -> None:
     p = sub.add_parser(
         "train", help="train a policy (PPO with a value head, or outcome-only REINFORCE)",
-        description="Train a language-model policy on a Gymnasium text env. Precedence: defaults < --config "
-                    "YAML < flags. Writes a run folder with config.yaml, metrics.jsonl, summary.json, "
-                    "checkpoints/ and eval_samples.jsonl.",
+        description="Train a language-model policy on a Gymnasium text env. Precedence: defaults < the env's "
+                    "own defaults (below) < --config YAML < flags. Writes a run folder with config.yaml, "
+                    "metrics.jsonl, summary.json, checkpoints/ and eval_samples.jsonl.",
+        epilog="env defaults: " + "; ".join(f"{env}: " + ", ".join(f"{k}={v}" for k, v in keys.items())
+                                            for env, keys in ENV_DEFAULTS.items()),
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint (exactly, on CPU); "

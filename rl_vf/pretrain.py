@@ -59,6 +59,7 @@ def demo_episode(env, seed: int, rng: np.random.Generator, expert_prob: float, t
 
 
 def check_demonstrator(env, env_id: str) -> None:
+    env.reset(seed=0)
     try:
         env.unwrapped.legal_actions()
         env.unwrapped.expert_action(np.random.default_rng(0))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rl_vf.cli import main
+from rl_vf.config import ENV_DEFAULTS, make_config
 from rl_vf.metrics_log import read_metrics
 from rl_vf.policy import load_policy
 
@@ -80,6 +81,15 @@ def test_crash_resume_with_linear_lr_is_exact(tmp_path):
     (crashed / "summary.json").unlink()
     assert main(["train", "--resume", str(crashed)]) == 0
     assert comparable(crashed) == straight
+
+
+def test_env_defaults_sit_between_the_defaults_and_the_user(tmp_path, capsys):
+    assert make_config({"env": "ConnectFour-v0"}).total_episodes == ENV_DEFAULTS["ConnectFour-v0"]["total_episodes"]
+    assert make_config({}).total_episodes == 60_000
+    assert make_config({"env": "ConnectFour-v0"}, {"total_episodes": 100}).total_episodes == 100
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "ConnectFour-v0: total_episodes=20000" in " ".join(capsys.readouterr().out.split())
 
 
 def test_eval_command_reads_a_run(tmp_path, capsys):
