@@ -23,6 +23,7 @@ DIFFICULTIES = (1, 2, 3)
 EXAMPLES, HIDDEN_TESTS = 3, 8
 CHARSET = string.digits + string.ascii_letters + string.punctuation + " \n"
 LETTERS = "abeilnos"  # few letters, so a task's letters recur in its inputs
+VOWELS = "aeiou"
 MAX_SHOWN = 160  # characters of a value or error message shown in feedback
 
 
@@ -35,7 +36,7 @@ class Op:
     code: str  # the same as a Python expression
     apply: Callable  # the same as a function (x, k) -> value
     param: Callable | None = None  # (rng, hard) -> k
-    total: bool = True  # defined for every input of its type, so it can come second
+    total: bool = True  # defined for every input (else it gets non-empty ones); may come second
 
     def describe(self, x: str, k) -> str:
         return self.text.format(x=x, k=k)
@@ -57,9 +58,10 @@ def _two_letters(rng, is_hard) -> tuple[str, str]:
     return LETTERS[a], LETTERS[b]
 
 
-VOWELS = "aeiou"
 FAMILIES: dict[str, Op] = {
-    "add": Op(("int", "int"), "{x} plus {k}", "{x} + {k}", lambda x, k: x + k, _int((1, 9), (10, 99))),
+    "add": Op(
+        ("int", "int"), "{x} plus {k}", "{x} + {k}", lambda x, k: x + k, _int((1, 9), (10, 99))
+    ),
     "multiply": Op(
         ("int", "int"), "{x} times {k}", "{x} * {k}", lambda x, k: x * k, _int((2, 5), (2, 12))
     ),
@@ -71,7 +73,9 @@ FAMILIES: dict[str, Op] = {
         lambda x, k: x[k:] + x[:k],
         _int((1, 2), (1, 4)),
     ),
-    "sort_list": Op(("list", "list"), "{x} sorted in increasing order", "sorted({x})", lambda x, k: sorted(x)),
+    "sort_list": Op(
+        ("list", "list"), "{x} sorted in increasing order", "sorted({x})", lambda x, k: sorted(x)
+    ),
     "add_to_each": Op(
         ("list", "list"),
         "{x} with {k} added to every item",
@@ -118,7 +122,12 @@ FAMILIES: dict[str, Op] = {
         "{x}.capitalize()",
         lambda x, k: x.capitalize(),
     ),
-    "upper": Op(("str", "str"), "{x} in upper case", "{x}.upper()", lambda x, k: x.upper()),
+    "swapcase": Op(
+        ("str", "str"),
+        "{x} with every lower-case letter in upper case and vice versa",
+        "{x}.swapcase()",
+        lambda x, k: x.swapcase(),
+    ),
     "reverse_string": Op(("str", "str"), "{x} reversed", "{x}[::-1]", lambda x, k: x[::-1]),
     "replace": Op(
         ("str", "str"),
@@ -168,29 +177,24 @@ def generate_task(rng, difficulty: int, families: tuple[str, ...]) -> Task:
     """A random task from `families`: one op with small constants (difficulty 1), larger
     constants and inputs (2), or a composition of two ops (3)."""
     hard = difficulty >= 2
-    names = [families[int(rng.integers(len(families)))]]
-    if difficulty == 3:
-        then = [
-            name for name, op in FAMILIES.items()
-            if op.total and op.types[0] == FAMILIES[names[0]].types[1] and name != names[0]
-        ]
-        names.append(then[int(rng.integers(len(then)))])
-    steps = [(FAMILIES[name], FAMILIES[name].param and FAMILIES[name].param(rng, hard)) for name in names]
-    first = steps[0][0]
-
-    def run(x):
-        for op, k in steps:
-            x = op.apply(x, k)
-        return x
-
-    for _ in range(20):  # draw new inputs while every answer is the same
+    while True:  # draw again while the task is pointless (see _pointless)
+        names = [families[int(rng.integers(len(families)))]]
+        if difficulty == 3:
+            then = [
+                name for name, op in FAMILIES.items()
+                if op.total and op.types[0] == FAMILIES[names[0]].types[1] and name != names[0]
+            ]
+            names.append(then[int(rng.integers(len(then)))])
+        ops = [FAMILIES[name] for name in names]
+        steps = [(op, op.param and op.param(rng, hard)) for op in ops]
+        first = steps[0][0]
         inputs = {}
         while len(inputs) < EXAMPLES + HIDDEN_TESTS:
             x = _random_input(rng, first.types[0], hard, nonempty=not first.total)
             inputs.setdefault(repr(x), x)
-        cases = [(arg, repr(run(x))) for arg, x in inputs.items()]
-        if len({result for _, result in cases}) > 1:
+        if not _pointless(steps, list(inputs.values())):
             break
+    cases = [(arg, repr(_apply(steps, x))) for arg, x in inputs.items()]
     examples = "".join(f"    >>> f({arg})\n    {result}\n" for arg, result in cases[:EXAMPLES])
     if len(steps) == 1:
         description = f"Return {first.describe('x', steps[0][1])}."
@@ -210,9 +214,28 @@ def generate_task(rng, difficulty: int, families: tuple[str, ...]) -> Task:
     )
 
 
+def _apply(steps, x):
+    for op, k in steps:
+        x = op.apply(x, k)
+    return x
+
+
+def _pointless(steps, inputs: list) -> bool:
+    """Whether all answers are the same ("remove the vowels, then count the vowels"), or one op
+    of a composition alone gives them all ("reverse, then sort")."""
+    answers = [repr(_apply(steps, x)) for x in inputs]
+    if len(set(answers)) == 1:
+        return True
+    if len(steps) == 1:
+        return False
+    parts = [steps[:1]] + [steps[1:]] * (steps[1][0].types[0] == steps[0][0].types[0])
+    return any(answers == [repr(_apply(part, x)) for x in inputs] for part in parts)
+
+
 def _random_input(rng, kind: str, hard: bool, nonempty: bool):
     if kind == "int":
-        return int(rng.integers(-50, 50, endpoint=True) if hard else rng.integers(0, 20, endpoint=True))
+        low, high = (-50, 50) if hard else (0, 20)
+        return int(rng.integers(low, high, endpoint=True))
     if kind == "list":
         size = int(rng.integers(1 if nonempty or not hard else 0, 7 if hard else 5, endpoint=True))
         low, high = (-9, 9) if hard else (0, 9)
@@ -228,7 +251,10 @@ def _source(steps) -> str:
         (op, k), = steps
         return f"def f(x):\n    return {op.expression('x', k)}\n"
     (op, k), (then_op, then_k) = steps
-    return f"def f(x):\n    y = {op.expression('x', k)}\n    return {then_op.expression('y', then_k)}\n"
+    return (
+        f"def f(x):\n    y = {op.expression('x', k)}\n"
+        f"    return {then_op.expression('y', then_k)}\n"
+    )
 
 
 def _wrong_solutions(steps) -> tuple[str, ...]:
@@ -308,7 +334,7 @@ class CodeFunctionEnv(TextEnv):
     Write a small Python function. `split="generated"` makes procedurally generated tasks over
     ints, lists of ints and strings from several families (add or multiply a constant, reverse,
     rotate, sort or filter a list, add to each item, sum of evens, count occurrences, largest
-    minus smallest, capitalize, upper case, reverse, replace, remove or count vowels, count a
+    minus smallest, capitalize, swap case, reverse, replace, remove or count vowels, count a
     letter), described in words with 3 examples. Hidden tests (8 other inputs) score the
     answer. `split="humaneval"` serves OpenAI's 164 HumanEval problems for evaluation.
 
@@ -318,6 +344,9 @@ class CodeFunctionEnv(TextEnv):
     hidden input and prints the results' reprs on a line marked with a random nonce; the env
     compares them with the expected values, which never enter the sandbox. A program that
     exits early, crashes or prints other lines has simply not produced right answers.
+    HumanEval's tests are asserts in its `check` function, so there they run inside the
+    sandbox as in the original harness, and a deliberately hostile program could fake a pass
+    (e.g. return an object equal to everything): an evaluation split, not a reward to train on.
 
     ## Action Space
     Text: Python source. "generated": a module defining `f` at top level (`def f(x): ...`),
@@ -402,7 +431,9 @@ class CodeFunctionEnv(TextEnv):
         _check_choice("difficulty", difficulty, DIFFICULTIES)
         families = tuple(FAMILIES) if families is None else tuple(families)
         if not families or not set(families) <= set(FAMILIES):
-            raise ValueError(f"families={families!r} is not valid; choose some of {tuple(FAMILIES)}")
+            raise ValueError(
+                f"families={families!r} is not valid; choose some of {tuple(FAMILIES)}"
+            )
         _check_choice("reward", reward, REWARDS)
         if not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts={attempts!r} is not valid; it must be an int >= 1")
@@ -418,10 +449,10 @@ class CodeFunctionEnv(TextEnv):
         self.timeout_s = float(timeout_s)
         self.allow_unsandboxed = bool(allow_unsandboxed)
         self.render_mode = render_mode
-        charset = CHARSET
-        if split == "humaneval":
-            charset += "".join(sorted(set("".join(t.prompt for t in humaneval_tasks())) - set(CHARSET)))
-        self.observation_space = text_space(charset, max_length=2048)
+        charset = set(CHARSET)
+        if split == "humaneval":  # its prompts also have a few non-ASCII characters
+            charset |= {c for task in humaneval_tasks() for c in task.prompt}
+        self.observation_space = text_space("".join(sorted(charset)), max_length=2048)
         self.action_space = text_space(CHARSET, max_length=1024 if split == "humaneval" else 512)
         self._task: Task | None = None
         self._attempt = 0
@@ -435,7 +466,9 @@ class CodeFunctionEnv(TextEnv):
             tasks = humaneval_tasks()
             index = (options or {}).get("task_index", int(self.np_random.integers(len(tasks))))
             if index not in range(len(tasks)):
-                raise ValueError(f"task_index={index!r} is not valid; it must be in 0..{len(tasks) - 1}")
+                raise ValueError(
+                    f"task_index={index!r} is not valid; it must be in 0..{len(tasks) - 1}"
+                )
             self._task = tasks[index]
         self._attempt, self._failure = 0, ""
         return self._observation(), self._info(0.0)
@@ -500,7 +533,8 @@ class CodeFunctionEnv(TextEnv):
             if result.output_truncated:
                 return 0, "printed too much output"
             last_error = (result.stderr.strip().splitlines() or [""])[-1]
-            return 0, _shown(last_error or f"exited with status {result.returncode} before the tests ran")
+            exit_status = f"exited with status {result.returncode} before the tests ran"
+            return 0, _shown(last_error or exit_status)
         passed, failure = 0, None
         for arg, expected, (status, text) in zip(task.args, task.expected, outcomes):
             if status == "ok" and text == expected:

@@ -4,7 +4,11 @@ Each call starts a fresh sandbox (Debian package `bubblewrap`, from `make system
 
 - Namespaces: `--unshare-all --unshare-user --disable-userns`: an empty network namespace (no
   network at all, not even the host's loopback), own pid, ipc, uts, cgroup and user namespaces,
-  no nested user namespaces. Inside, the program runs as uid/gid 65534 with no capabilities.
+  no nested user namespaces. Inside, the program runs as uid/gid 65534 with no capabilities,
+  as pid 1 of its pid namespace (`--as-pid-1`: with a bwrap init as pid 1 instead, bwrap
+  would exit without reaping that init, leaving a zombie per run to the host's pid 1, which
+  in a container may never reap it). So the kernel ignores signals it sends itself that it
+  does not handle, and its orphans are not reaped (they die with the sandbox).
   When the caller is root, bwrap itself is started as host uid/gid 65534 (nobody): a sandbox
   uid mapped to host root is exempt from RLIMIT_NPROC, so a fork bomb would not be bounded.
 - Files: read-only `/usr` plus the `/lib*` loader paths (symlinks on merged-/usr systems), a
@@ -20,20 +24,26 @@ Each call starts a fresh sandbox (Debian package `bubblewrap`, from `make system
 - Limits, set by `prlimit` inside the sandbox just before the interpreter starts: address space
   `memory_mb`, CPU time ceil(timeout_s) + 1 s, 16 processes (threads included; counted per
   sandbox, as each has its own user namespace), 8 MiB per written file, no core dumps.
-- Wall clock: after `timeout_s` bwrap is killed with SIGKILL; `--die-with-parent` then kills the
-  sandbox's init, and with it every process of its pid namespace (double-forked daemons too).
-  The same happens when the program exits: its leftovers die with the sandbox.
+- Wall clock: after `timeout_s` the program gets SIGKILL, and with it, pid 1 of its pid
+  namespace, every process there dies (double-forked daemons too); bwrap, which waits for it,
+  exits, and `run_python` returns once they are all gone. The same happens when the program
+  exits: its leftovers die with it. Should the caller die, `--die-with-parent` takes the
+  sandbox down too.
 - Output: stdout and stderr are read in chunks and kept up to `max_output_bytes` each; a
   program writing more is killed at once and its result marked `output_truncated`.
 
 Sandboxes share nothing, so any number run concurrently (no lock): call `run_python` from a
 thread pool. Measured with `python -m envs.sandbox --bench` (a `print(1)` program) on
-2026-11-22, on a 2-core x86_64 VM (Debian 12, bubblewrap 0.8.0, Python 3.11), while other
-jobs were using the CPU (so these are upper bounds):
+2026-11-22, on a 2-core x86_64 VM (Debian 12, kernel 6.18, bubblewrap 0.8.0, Python 3.11.2),
+at `nice -n 19` while other jobs kept both cores busy (load average 3-5), so these are lower
+bounds on throughput:
 
-    one run at a time:       mean wall 31 ms per run (50 runs)
-    thread pool, 2 workers:  56 programs/s
-    thread pool, 8 workers:  59 programs/s
+    one run at a time:       mean wall 32-39 ms per run (50 runs)
+    thread pool, 2 workers:  63-64 programs/s
+    thread pool, 8 workers:  95-98 programs/s
+
+Of a run, starting the interpreter takes ~17 ms and bwrap's namespaces and mounts ~15 ms
+(measured alone); more workers than cores help because much of a start-up is waiting.
 
 Without a working bwrap (not installed, or user namespaces disabled), `run_python` raises
 `SandboxUnavailable`, unless `allow_unsandboxed=True` or the environment variable
@@ -49,7 +59,6 @@ import dataclasses
 import functools
 import math
 import os
-import select
 import selectors
 import shutil
 import signal
@@ -152,7 +161,7 @@ def sandbox_error(bwrap: str | None) -> str | None:
 def _bwrap_argv(bwrap: str) -> list[str]:
     argv = [
         bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-        "--new-session", "--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID),
+        "--new-session", "--as-pid-1", "--uid", str(SANDBOX_ID), "--gid", str(SANDBOX_ID),
         "--ro-bind", "/usr", "/usr",
     ]
     for path in ("/lib", "/lib32", "/lib64", "/libx32"):  # the ELF loader and libraries
@@ -206,7 +215,9 @@ def _run(code, stdin, timeout_s, memory_mb, max_bytes, bwrap) -> SandboxResult:
             pass_fds=(code_fd,) if bwrap else (), cwd=cwd, env=PROGRAM_ENV,
             start_new_session=True, **ids,
         )
-        stdout, stderr, timed_out, truncated = _collect(proc, start + timeout_s, max_bytes)
+        stdout, stderr, timed_out, truncated = _collect(
+            proc, start + timeout_s, max_bytes, sandboxed=bool(bwrap)
+        )
     return SandboxResult(
         returncode=proc.returncode,
         stdout=stdout.decode(errors="replace"),
@@ -226,7 +237,7 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-def _collect(proc: subprocess.Popen, deadline: float, max_bytes: int):
+def _collect(proc: subprocess.Popen, deadline: float, max_bytes: int, sandboxed: bool):
     """(stdout, stderr, timed_out, truncated) of `proc`, which is killed on either limit."""
     output = {proc.stdout: bytearray(), proc.stderr: bytearray()}
     with selectors.DefaultSelector() as selector:
@@ -241,7 +252,7 @@ def _collect(proc: subprocess.Popen, deadline: float, max_bytes: int):
             except subprocess.TimeoutExpired:
                 timed_out = True
         if proc.poll() is None:
-            _kill(proc)
+            _kill(proc, sandboxed)
         proc.wait()
         # Also drain what the sandbox's processes wrote before their pipes closed.
         _read(selector, output, time.monotonic() + 1.0, max_bytes, stop_when_full=False)
@@ -250,22 +261,24 @@ def _collect(proc: subprocess.Popen, deadline: float, max_bytes: int):
     return (*(bytes(buffer[:max_bytes]) for buffer in output.values()), timed_out, truncated)
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL bwrap, then wait (up to 1 s) until the last process of its sandbox is gone.
+def _kill(proc: subprocess.Popen, sandboxed: bool) -> None:
+    """Kill the program and every process it started; return once they are gone (or 1 s on).
 
-    The sandbox's init (bwrap's child) dies with bwrap (`--die-with-parent`), and the kernel
-    lets a pid namespace's init finish exiting only after every other process in it has.
+    Sandboxed, SIGKILL goes to the program (bwrap's child, pid 1 of its namespace): the
+    kernel then kills every other process of the namespace and lets the program finish
+    exiting only after them; bwrap reaps it and exits. Unsandboxed, SIGKILL goes to the
+    process group (a process that left the group survives).
     """
-    try:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        pidfds = [os.pidfd_open(int(pid)) for pid in children]
-    except OSError:  # it exited meanwhile
-        pidfds = []
-    os.killpg(proc.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 1.0
-    for pidfd in pidfds:  # a pidfd turns readable once its process has exited
-        select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))
-        os.close(pidfd)
+    if sandboxed:
+        try:  # while bwrap lives, its child's pid cannot be reused
+            for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                os.kill(int(pid), signal.SIGKILL)
+        except OSError:  # bwrap or its child exited meanwhile
+            pass
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1.0)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _read(selector, output: dict, deadline: float, max_bytes: int, stop_when_full: bool) -> None:
@@ -299,7 +312,8 @@ def _bench(runs: int = 50) -> None:
 
     run_python("print(1)")  # the probe
     walls = [run_python("print(1)").wall_s for _ in range(runs)]
-    print(f"one run at a time:       mean wall {1000 * sum(walls) / runs:.0f} ms per run ({runs} runs)")
+    mean_ms = 1000 * sum(walls) / runs
+    print(f"one run at a time:       mean wall {mean_ms:.0f} ms per run ({runs} runs)")
     for workers in (2, 8):
         with ThreadPoolExecutor(workers) as pool:
             start = time.monotonic()

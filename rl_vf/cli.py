@@ -44,11 +44,11 @@ def config_flags(group, names, defaults: dict | None = None) -> None:
                            help=f"{f.metadata['help']} (default: {default!r})")
 
 
-# Config keys that pretraining reads, and the defaults it uses where they differ from training's.
+# Config keys that pretraining reads; --demos and --expert-prob set the warm_start_* keys.
 PRETRAIN_KEYS = ("env", "env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size", "layers", "heads",
-                 "intermediate_size", "max_action_tokens", "constrain_actions", "lr", "epochs", "minibatch_size",
-                 "vf_coef", "gamma", "max_grad_norm", "num_envs", "final_eval_episodes", "eval_greedy")
-PRETRAIN_DEFAULTS = {"lr": 1e-3, "epochs": 3}
+                 "intermediate_size", "max_action_tokens", "constrain_actions", "warm_start_epochs", "warm_start_lr",
+                 "minibatch_size", "vf_coef", "gamma", "max_grad_norm", "num_envs", "final_eval_episodes", "eval_greedy")
+PRETRAIN_DEFAULTS = {"warm_start_demos": 2000}
 
 
 def pretrain_parser(sub) -> None:
@@ -57,12 +57,15 @@ def pretrain_parser(sub) -> None:
         description="Play --demos episodes with the env's demonstrator (its solver, heuristic or engine, mixed "
                     "with random legal moves), fit the policy to them (action NLL + vf_coef x value loss towards "
                     "the reward-to-go), evaluate it, and save a checkpoint that `train --model DIR/checkpoints/final` "
-                    "starts from. Writes config.yaml, metrics.jsonl (per epoch), summary.json, checkpoints/final.",
+                    "starts from (`train --warm-start-demos N` does both in one run). Writes config.yaml, "
+                    "metrics.jsonl (per epoch), summary.json, checkpoints/final.",
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
-    p.add_argument("--demos", type=int, default=2000, help="demonstration episodes (default: 2000)")
-    p.add_argument("--expert-prob", type=float, default=0.8,
-                   help="chance that a demonstrated move is the expert's, else a random legal move (default: 0.8)")
+    p.add_argument("--demos", dest="warm_start_demos", default=argparse.SUPPRESS, metavar="INT",
+                   help="demonstration episodes (warm_start_demos; default: 2000)")
+    p.add_argument("--expert-prob", dest="warm_start_expert_prob", default=argparse.SUPPRESS, metavar="FLOAT",
+                   help="chance that a demonstrated move is the expert's, else a random legal move "
+                        f"(warm_start_expert_prob; default: {DEFAULTS.warm_start_expert_prob})")
     config_flags(p.add_argument_group("config keys"), PRETRAIN_KEYS, PRETRAIN_DEFAULTS)
 
 
@@ -121,6 +124,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint = None
     run_dir = cfg.out or default_run_dir(cfg)
     cfg.out = run_dir
+    if cfg.warm_start_demos and not checkpoint:
+        from rl_vf.pretrain import pretrain
+
+        warm = pretrain(cfg, os.path.join(run_dir, "warm_start"))
+        print_warm_start(warm)
+        cfg.model = warm["checkpoint"]  # config.yaml records where RL started from
     trainer = Trainer(cfg, run_dir)  # validates env and model before anything is written
     os.makedirs(run_dir, exist_ok=True)
     write_config(cfg, run_dir)
@@ -177,13 +186,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = make_config(PRETRAIN_DEFAULTS, file_layer, flags)
     run_dir = cfg.out or default_run_dir(cfg, "pretrain")
     cfg.out = run_dir
-    summary = pretrain(cfg, args.demos, args.expert_prob, run_dir)
+    summary = pretrain(cfg, run_dir)
     print(f"run folder: {run_dir}")
-    print(f"demonstrator: success_rate={summary['demo/success_rate']:.3f} over {args.demos} demos; warm start "
-          f"({'greedy' if cfg.eval_greedy else 'sampled'}) over {summary['eval/episodes']} episodes: "
-          f"success_rate={summary['eval/success_rate']:.3f}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f}")
+    print_warm_start(summary)
     print(f"train from it: make train ENV={cfg.env} MODEL={summary['checkpoint']}")
     return 0
+
+
+def print_warm_start(summary: dict) -> None:
+    print(f"demonstrator: success_rate={summary['demo/success_rate']:.3f} over {summary['demos']} demos; warm start "
+          f"({'greedy' if summary['eval/greedy'] else 'sampled'}) over {summary['eval/episodes']} episodes: "
+          f"success_rate={summary['eval/success_rate']:.3f}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f}"
+          f" ({summary['perf/wall_s']:.0f} s)", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,12 @@ class TrainConfig:
     kl_coef: float = doc("KL penalty to the frozen initial policy (0 disables)", 0.0)
     target_kl: float = doc("stop an update's epochs early once approx_kl exceeds this (0 disables)", 0.0)
     max_grad_norm: float = doc("gradient norm clip", 1.0)
+    # Warm start (`rl-vf pretrain`, or before RL when warm_start_demos > 0).
+    warm_start_demos: int = doc("before RL, fit the policy to this many episodes of the env's demonstrator "
+                                "(0: RL starts from --model as it is)", 0)
+    warm_start_expert_prob: float = doc("chance that a demonstrated move is the expert's, else a random legal one", 0.8)
+    warm_start_epochs: int = doc("supervised passes over the demonstrations", 8)
+    warm_start_lr: float = doc("Adam learning rate of the warm start", 3e-3)
     # Evaluation, logging, checkpoints.
     eval_every: int = doc("evaluate every N updates (0 disables periodic eval)", 25)
     eval_episodes: int = doc("episodes per periodic evaluation", 200)
@@ -89,10 +95,14 @@ class TrainConfig:
         choice(self.device, DEVICES, "device")
         choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
-                     "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size"):
+                     "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size", "warm_start_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "clip", "max_grad_norm"):
+        if self.warm_start_demos < 0:
+            raise ConfigError(f"warm_start_demos must be >= 0 (0 = no warm start), got {self.warm_start_demos}")
+        if not 0.0 <= self.warm_start_expert_prob <= 1.0:
+            raise ConfigError(f"warm_start_expert_prob must be in [0, 1], got {self.warm_start_expert_prob}")
+        for name in ("lr", "clip", "max_grad_norm", "warm_start_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):

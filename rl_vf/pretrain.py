@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import torch
@@ -70,12 +71,13 @@ def check_demonstrator(env, env_id: str) -> None:
                           f"(see envs/base.py); built-in envs: {', '.join(envs.ENV_IDS)}") from None
 
 
-def pretrain(cfg: TrainConfig, demos: int, expert_prob: float, run_dir: str) -> dict:
-    """Generate demonstrations, fit the policy to them, save checkpoints/final; returns the summary."""
+def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
+    """Generate ``cfg.warm_start_demos`` demonstrations, fit the policy to them (``warm_start_epochs``
+    at ``warm_start_lr``), save checkpoints/final and evaluate it; returns the summary."""
+    demos, expert_prob = cfg.warm_start_demos, cfg.warm_start_expert_prob
     if demos < 1:
-        raise ConfigError(f"demos must be >= 1, got {demos}")
-    if not 0.0 <= expert_prob <= 1.0:
-        raise ConfigError(f"expert_prob must be in [0, 1], got {expert_prob}")
+        raise ConfigError(f"the number of demonstrations (--demos, warm_start_demos) must be >= 1, got {demos}")
+    start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -96,13 +98,13 @@ def pretrain(cfg: TrainConfig, demos: int, expert_prob: float, run_dir: str) -> 
     lengths = batch.attention_mask.sum(1)
     _, reward_to_go = gae(batch.rewards, torch.zeros_like(batch.rewards), batch.action_mask, gamma=cfg.gamma, lam=1.0)
 
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.warm_start_lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = -(-demos // cfg.minibatch_size)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="pretrain", unit="step", mininterval=1.0)
+    bar = tqdm(total=cfg.warm_start_epochs * steps_per_epoch, desc="pretrain", unit="step", mininterval=1.0)
     history = []
     policy.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(cfg.warm_start_epochs):
         totals = {"pretrain/nll": 0.0, "pretrain/vf_loss": 0.0}
         for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
             optimizer.zero_grad(set_to_none=True)
@@ -128,7 +130,7 @@ def pretrain(cfg: TrainConfig, demos: int, expert_prob: float, run_dir: str) -> 
     summary = {
         "env": cfg.env, "seed": cfg.seed, "demos": demos, "expert_prob": expert_prob,
         **episode_metrics(episodes, "demo"), **history[-1], "eval/episodes": cfg.final_eval_episodes, "eval/greedy": cfg.eval_greedy, **metrics,
-        "checkpoint": final,
+        "checkpoint": final, "perf/wall_s": time.perf_counter() - start,
     }
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in history)

@@ -3,10 +3,12 @@
 # (/usr/games/stockfish, the Chess-v0 opponent and a demonstrator) and the 3-piece Gaviota
 # endgame tablebases (/usr/share/gaviotatb/gtb4/*.gtb.cp4, ChessEndgame-v0's ground truth).
 # Without them the chess envs still work, with random opponents and no tablebase info.
-# Idempotent: when both are installed already, it touches neither apt nor the network.
+# And bubblewrap (bwrap) with the system python3, the sandbox (envs/sandbox.py) that runs
+# CodeFunction-v0's programs: without it that env refuses to run code.
+# Idempotent: when all are installed already, it touches neither apt nor the network.
 set -euo pipefail
 
-PACKAGES=(stockfish gaviotatb)
+PACKAGES=(stockfish gaviotatb bubblewrap python3)
 
 missing=()
 for package in "${PACKAGES[@]}"; do
@@ -17,7 +19,8 @@ done
 
 skip() {
     echo "install-system-deps: $1; skipping the optional ${missing[*]}" \
-        "(the chess envs run without them: no Stockfish opponent, no tablebase info)." >&2
+        "(the chess envs run without them: no Stockfish opponent, no tablebase info;" \
+        "CodeFunction-v0 needs bubblewrap)." >&2
     exit 0
 }
 

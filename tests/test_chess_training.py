@@ -12,7 +12,7 @@ SMALL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate
 def test_endgame_warm_start_then_rl(tmp_path):
     warm = tmp_path / "warm"
     kwargs = ["--env", "ChessEndgame-v0", "--env-kwargs", '{"compact": true}']
-    assert main(["pretrain", *kwargs, "--demos", "16", "--expert-prob", "1", "--epochs", "1",
+    assert main(["pretrain", *kwargs, "--demos", "16", "--expert-prob", "1", "--warm-start-epochs", "1",
                  "--final-eval-episodes", "8", "--out", str(warm), *SMALL]) == 0
     summary = json.loads((warm / "summary.json").read_text())
     # The tablebase expert mates every time; the greedy fallback mates most KQK games.

@@ -23,16 +23,20 @@ needs_humaneval = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def no_sandbox(monkeypatch):
-    """Replaces the sandbox with a stub that records its calls and runs nothing."""
-    calls = []
+def fake_run_python(calls: list):
+    """A stand-in for the sandbox that records the programs and runs nothing."""
 
-    def fake_run_python(code, **kwargs):
+    def run_python(code, **kwargs):
         calls.append(code)
         return SandboxResult(1, "", "", False, 0.0, False, True)
 
-    monkeypatch.setattr(code_function, "run_python", fake_run_python)
+    return run_python
+
+
+@pytest.fixture
+def no_sandbox(monkeypatch):
+    calls = []
+    monkeypatch.setattr(code_function, "run_python", fake_run_python(calls))
     return calls
 
 
@@ -78,8 +82,11 @@ def test_generated_tasks_are_well_formed(difficulty):
             task = env._task
             assert env.observation_space.contains(obs) and "{" not in obs
             assert obs.startswith("def f(x):\n") and obs.count(">>> f(") == 3
-            assert info == dict(invalid_action=False, success=False, pass_fraction=0.0, task=task.name)
-            assert task.name.split("+")[0] == family and len(task.name.split("+")) == (difficulty == 3) + 1
+            assert info == dict(
+                invalid_action=False, success=False, pass_fraction=0.0, task=task.name
+            )
+            ops = task.name.split("+")
+            assert ops[0] == family and len(ops) == (2 if difficulty == 3 else 1)
             assert len(task.args) == len(task.expected) == 8
             assert len(set(task.expected) | set(re.findall(r"\n    (\S.*)\n    >>>", obs))) > 1
             legal = env.legal_actions()
@@ -99,7 +106,7 @@ def test_demo_action_mixes_expert_and_wrong_code():
 @given(st.text())
 def test_any_string_action_is_handled(action):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(code_function, "run_python", lambda *a, **k: SandboxResult(1, "", "", False, 0.0, False, True))
+        patch.setattr(code_function, "run_python", fake_run_python([]))
         env = new_env(feedback=True)
         obs, reward, terminated, truncated, info = env.step(action)
     assert env.observation_space.contains(obs) and not truncated
@@ -209,7 +216,7 @@ def test_feedback_ends_after_the_last_attempt_and_reports_timeouts():
     env = new_env(seed=0, feedback=True, attempts=2, timeout_s=0.5)
     obs, reward, terminated, *_ = env.step("def f(x):\n    while True:\n        pass\n")
     assert obs.startswith("# Attempt 1 of 2 failed: timed out after 0.5 s\n") and not terminated
-    obs, reward, terminated, _, info = env.step("import sys\nsys.exit(3)\ndef f(x):\n    return x\n")
+    obs, reward, terminated, _, info = env.step("import sys\nsys.exit(3)\ndef f(x):\n    pass\n")
     assert obs.startswith("# Attempt 2 of 2 failed: exited with status 3 before the tests ran\n")
     assert (reward, terminated, info["success"]) == (0.0, True, False)
 
@@ -222,7 +229,8 @@ def test_fraction_reward_counts_passing_tests():
         right = [int(arg) % 2 == 0 for arg in env._task.args]
         if 0 < sum(right) < len(right):
             break
-    _, reward, terminated, _, info = env.step(f"def f(x):\n    return x + {k} if x % 2 == 0 else None\n")
+    half_right = f"def f(x):\n    return x + {k} if x % 2 == 0 else None\n"
+    _, reward, terminated, _, info = env.step(half_right)
     assert reward == info["pass_fraction"] == sum(right) / len(right)
     assert terminated and not info["success"]
 
@@ -234,7 +242,8 @@ def test_humaneval_problems_run_in_the_sandbox():
     obs, info = env.reset(seed=0, options={"task_index": 0})
     assert info["task"] == "HumanEval/0" and obs.startswith("from typing import List")
     obs, reward, terminated, _, info = env.step("    pass\n")
-    assert obs.startswith("# Attempt 1 of 2 failed: check(has_close_elements) raised AssertionError")
+    failed = "# Attempt 1 of 2 failed: check(has_close_elements) raised AssertionError"
+    assert obs.startswith(failed)
     assert (reward, terminated) == (0.0, False)
     _, reward, terminated, _, info = env.step(env.expert_action(np.random.default_rng()))
     assert (reward, terminated, info["success"]) == (1.0, True, True)
@@ -242,7 +251,8 @@ def test_humaneval_problems_run_in_the_sandbox():
     env.reset(options={"task_index": 0})
     whole = (
         "def has_close_elements(numbers, threshold):\n"
-        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[:i])\n"
+        "    pairs = [(a, b) for i, a in enumerate(numbers) for b in numbers[:i]]\n"
+        "    return any(abs(a - b) < threshold for a, b in pairs)\n"
     )
     assert env.step(whole)[1] == 1.0
     with pytest.raises(ValueError, match="task_index=164"):

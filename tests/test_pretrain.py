@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 import tests.toy_env  # noqa: F401  (registers PickThree-v0)
 from envs.tictactoe import solve
@@ -51,7 +52,7 @@ def test_short_actions_end_with_the_stop_token():
 def test_pretrain_teaches_the_expert_and_train_starts_from_it(tmp_path, capsys):
     out = tmp_path / "warm"
     assert main(["pretrain", "--env", "tests.toy_env:PickThree-v0", "--demos", "256", "--expert-prob", "1",
-                 "--epochs", "8", "--lr", "3e-3", "--minibatch-size", "32", "--final-eval-episodes", "50", "--out", str(out),
+                 "--warm-start-epochs", "8", "--minibatch-size", "32", "--final-eval-episodes", "50", "--out", str(out),
                  *SMALL]) == 0
     assert "train from it: make train" in capsys.readouterr().out
     nll = [r["pretrain/nll"] for r in read_metrics(out / "metrics.jsonl")]
@@ -69,9 +70,22 @@ def test_pretrain_teaches_the_expert_and_train_starts_from_it(tmp_path, capsys):
     assert policy.config.hidden_size == 32
 
 
+def test_train_with_warm_start_demos_pretrains_first(tmp_path):
+    run = tmp_path / "rl"
+    assert main(["train", "--env", "tests.toy_env:PickThree-v0", "--warm-start-demos", "256",
+                 "--warm-start-expert-prob", "1", "--minibatch-size", "32", "--total-episodes", "64",
+                 "--episodes-per-update", "64", "--final-eval-episodes", "16", "--eval-every", "0",
+                 "--wandb", "disabled", "--out", str(run), *SMALL]) == 0
+    warm = json.loads((run / "warm_start" / "summary.json").read_text())
+    assert warm["eval/success_rate"] == 1.0 and warm["demos"] == 256
+    assert read_metrics(run / "metrics.jsonl")[0]["train/success_rate"] > 0.8
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == warm["checkpoint"]
+
+
 @pytest.mark.parametrize("argv,needle", [
-    (["--demos", "0"], "demos must be >= 1, got 0"),
-    (["--expert-prob", "1.5"], "expert_prob must be in [0, 1], got 1.5"),
+    (["--demos", "0"], "(--demos, warm_start_demos) must be >= 1, got 0"),
+    (["--expert-prob", "1.5"], "warm_start_expert_prob must be in [0, 1], got 1.5"),
+    (["--demos", "many"], "warm_start_demos must be int, got 'many'"),
     (["--env", "Taxi-v4"], "has no demonstrator"),
 ])
 def test_bad_pretrain_input_exits_2(tmp_path, capsys, argv, needle):
