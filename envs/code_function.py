@@ -360,9 +360,10 @@ class CodeFunctionEnv(TextEnv):
 
     ## Observation Space
     Text (at most 2048 characters): "generated": a stub of `f` whose docstring states the task
-    and 3 examples in doctest form; "humaneval": the problem's prompt. With `feedback=True`,
-    after a failed attempt it starts with a comment line naming the first failing hidden test,
-    the expected and the actual result (or the error, timeout, ...), e.g.
+    and 3 examples in doctest form; "humaneval": the problem's prompt. After a failed attempt
+    (the next one's task with `feedback=True`, else the final observation) it starts with a
+    comment line naming the first failing hidden test, the expected and the actual result (or
+    the error, timeout, ...), e.g.
     `# Attempt 1 of 3 failed: f([3, 1]) returned [3, 1], expected [1, 3]`.
 
     ## Starting State

@@ -18,17 +18,16 @@ Each call starts a fresh sandbox (Debian package `bubblewrap`, from `make system
 - Interpreter: the system `/usr/bin/python3` (Debian `python3`), not the venv's: the venv's
   base interpreter may live under the caller's home (pyenv: `/root/.pyenv`), which must stay
   hidden, and the system one sees no project packages.
-- Environment: bwrap starts with a minimal environment (the sandbox can read its init's
-  `/proc/1/environ`, so the caller's variables must never reach bwrap) and `--clearenv` gives
-  the program only PATH, LANG, PYTHONDONTWRITEBYTECODE and PYTHONHASHSEED.
+- Environment: `--clearenv` gives the program only PATH, LANG, PYTHONDONTWRITEBYTECODE and
+  PYTHONHASHSEED, and bwrap itself gets no more (should a bwrap process ever be visible in
+  the sandbox, its `/proc/PID/environ` would show the caller's variables).
 - Limits, set by `prlimit` inside the sandbox just before the interpreter starts: address space
   `memory_mb`, CPU time ceil(timeout_s) + 1 s, 16 processes (threads included; counted per
   sandbox, as each has its own user namespace), 8 MiB per written file, no core dumps.
-- Wall clock: after `timeout_s` the program gets SIGKILL, and with it, pid 1 of its pid
-  namespace, every process there dies (double-forked daemons too); bwrap, which waits for it,
-  exits, and `run_python` returns once they are all gone. The same happens when the program
-  exits: its leftovers die with it. Should the caller die, `--die-with-parent` takes the
-  sandbox down too.
+- Wall clock: after `timeout_s` the program gets SIGKILL; as pid 1 of its pid namespace, its
+  death kills every other process there (double-forked daemons too). bwrap waits for it, and
+  `run_python` returns only once all are gone. The same happens when the program exits by
+  itself. Should the caller die, `--die-with-parent` takes the sandbox down too.
 - Output: stdout and stderr are read in chunks and kept up to `max_output_bytes` each; a
   program writing more is killed at once and its result marked `output_truncated`.
 
@@ -90,7 +89,7 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class SandboxResult:
-    returncode: int  # killed by signal N: -N (by the timeout or output cap), or 128 + N
+    returncode: int  # killed by signal N: 128 + N (bwrap's way), -N unsandboxed
     stdout: str
     stderr: str
     timed_out: bool

@@ -42,6 +42,8 @@ class TrainConfig:
     out: str = doc("run folder (default runs/<env>-<algo>-s<seed>-<time>)", "")
     model: str = doc("'tiny' (built-in character-level Llama) or a local Hugging Face causal-LM folder", "tiny")
     wandb: str = doc(f"wandb mode: {' | '.join(WANDB_MODES)}", "offline")
+    wandb_group: str = doc("wandb group (compare puts the runs of one comparison in one group)", "")
+    wandb_job_type: str = doc("wandb job_type (compare sets the variant name)", "")
     device: str = doc(f"{' | '.join(DEVICES)}", "auto")
     threads: int = doc("torch CPU threads (0: torch's default)", 0)
     # Built-in model size (model=tiny only).

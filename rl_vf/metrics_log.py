@@ -23,6 +23,7 @@ class MetricsLog:
                 f.write(run_id)
             self.wandb = wandb.init(
                 project="rl_vf", dir=run_dir, mode=wandb_mode, config=config, id=run_id, resume="allow",
+                group=config.get("wandb_group") or None, job_type=config.get("wandb_job_type") or None,
                 name=os.path.basename(os.path.normpath(run_dir)), settings=wandb.Settings(silent=True),
             )
 

@@ -147,6 +147,8 @@ class Trainer:
         self.update_idx = 0
         self.episodes_done = 0
         self.wall_s = 0.0
+        # Cumulative cost, for comparisons at equal compute (compare reads them off metrics.jsonl).
+        self.counters = {"train/env_steps": 0, "perf/generated_tokens": 0, "perf/trained_tokens": 0}
 
     # ---- checkpoints -------------------------------------------------------------------
     def checkpoint_dir(self, name: str) -> str:
@@ -157,7 +159,7 @@ class Trainer:
         os.makedirs(path, exist_ok=True)
         self.policy.save_pretrained(path, self.tokenizer)
         torch.save({
-            "update": self.update_idx, "episodes": self.episodes_done, "wall_s": self.wall_s,
+            "update": self.update_idx, "episodes": self.episodes_done, "wall_s": self.wall_s, "counters": self.counters,
             "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
             "reference": self.reference.state_dict() if self.reference is not None else None,
         }, os.path.join(path, STATE_FILE))
@@ -176,6 +178,7 @@ class Trainer:
         if self.reference is not None and state["reference"] is not None:
             self.reference.load_state_dict(state["reference"])
         self.update_idx, self.episodes_done, self.wall_s = state["update"], state["episodes"], state["wall_s"]
+        self.counters = dict(state["counters"])
 
     # ---- one iteration -------------------------------------------------------------------
     def episode_seeds(self) -> list[int]:
@@ -274,6 +277,9 @@ class Trainer:
             self.episodes_done += len(episodes)
             self.wall_s += t2 - t0
             rollout_tokens = int(batch.attention_mask.sum())
+            self.counters["train/env_steps"] += sum(len(e.actions) for e in episodes)
+            self.counters["perf/generated_tokens"] += int(batch.action_mask.sum())
+            self.counters["perf/trained_tokens"] += result.tokens
             row = {
                 "update": self.update_idx,
                 "train/episodes": self.episodes_done,
@@ -284,6 +290,7 @@ class Trainer:
                 "perf/rollout_tokens_per_s": rollout_tokens / (t1 - t0),
                 "perf/update_tokens_per_s": result.tokens / (t2 - t1),
                 "perf/wall_s": self.wall_s,
+                **self.counters,
             }
             if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
                 row.update(self.evaluate(cfg.eval_episodes)[0])

@@ -51,7 +51,7 @@ def new_env(seed=0, **kwargs) -> CodeFunctionEnv:
     [dict(), dict(difficulty=3, feedback=True, reward="fraction", render_mode="ansi"),
      pytest.param(dict(split="humaneval"), marks=needs_humaneval)],
 )
-def test_check_env(kwargs):
+def test_check_env(kwargs, no_sandbox):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         env = gym.make("CodeFunction-v0", **kwargs)
@@ -178,7 +178,13 @@ CHEATS = {
         "class Anything:\n    __eq__ = lambda self, other: True\n"
         "def f(x):\n    return Anything()\n"
     ),
-    "kills the harness": "import os, signal\ndef f(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+    "rewrites the harness's output": (
+        "import builtins, json\ndef f(x):\n    return None\n"
+        "real_print = builtins.print\n"
+        "def print(line, **kwargs):\n"
+        "    real_print(line.split(':')[0] + ':' + json.dumps([['ok', '1']] * 8), **kwargs)\n"
+        "builtins.print = print\n"
+    ),
 }
 
 
