@@ -330,9 +330,12 @@ class ConnectFourEnv(TextEnv):
         return self._observation(), 0.0, False, False, self._info()
 
     def expert_action(self, rng) -> str:
-        """A uniformly chosen optimal move (the solver), or the heuristic's on large boards."""
+        """A uniformly chosen optimal move (the solver), one that wins at once if there is one (the
+        solver does not prefer quick wins; demonstrations should not dawdle); the heuristic's
+        move on boards too large to solve."""
         if self._solvable:
             moves = self._game.solve(self._board, AGENT)[1]
+            moves = [c for c in self._game.winning_columns(self._board, AGENT) if c in moves] or moves
         else:
             moves = self._game.heuristic_moves(self._board, AGENT)
         return str(moves[int(rng.integers(len(moves)))] + 1)

@@ -153,7 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rl_vf.trainer import evaluate, open_env, policy_for_env, resolve_device
+    from rl_vf.trainer import evaluate, open_env, policy_for_env, resolve_device, success_ci
 
     path = args.checkpoint
     if os.path.isdir(os.path.join(path, "checkpoints", "final")):
@@ -173,8 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     greedy = run.eval_greedy if args.greedy is None else args.greedy
     metrics, _ = evaluate(policy.to(device), tokenizer, env_info.make, args.episodes, args.seed, greedy,
                           run.num_envs, args.max_action_tokens or run.max_action_tokens or env_info.action_tokens, device)
-    print(json.dumps({"checkpoint": path, "env": env, "greedy": greedy, "eval/episodes": args.episodes, **metrics},
-                     indent=2))
+    print(json.dumps({"checkpoint": path, "env": env, "greedy": greedy, "eval/episodes": args.episodes, **metrics,
+                      **success_ci(metrics, args.episodes)}, indent=2))
     return 0
 
 

@@ -21,6 +21,7 @@ from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, action_token_mask
 from rl_vf.metrics_log import MetricsLog
 from rl_vf.policy import TinyConfig, load_policy
+from rl_vf.stats import wilson_interval
 from rl_vf.tokenizer import DEFAULT_CHARS
 
 STATE_FILE = "trainer_state.pt"
@@ -104,6 +105,11 @@ def evaluate(policy, tokenizer, make_env, episodes: int, seed: int, greedy: bool
     policy.train(was_training)
     engine.close()
     return episode_metrics(eps, "eval"), eps
+
+
+def success_ci(metrics: dict, episodes: int) -> dict:
+    """The 95% Wilson interval of an evaluation's success rate (its uncertainty from finite episodes)."""
+    return {"eval/success_rate_ci95": list(wilson_interval(round(metrics["eval/success_rate"] * episodes), episodes))}
 
 
 def transcript(tokenizer, episode: Episode) -> list[dict]:
@@ -317,7 +323,8 @@ class Trainer:
         summary = {
             "env": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "updates": self.update_idx,
             "train/episodes": self.episodes_done, "perf/wall_s": self.wall_s,
-            "eval/episodes": cfg.final_eval_episodes, **metrics, "checkpoint": final,
+            "eval/episodes": cfg.final_eval_episodes, **metrics, **success_ci(metrics, cfg.final_eval_episodes),
+            "checkpoint": final,
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

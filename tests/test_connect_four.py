@@ -309,9 +309,10 @@ def test_expert_never_loses_from_the_start(opponent):
         assert min(rewards) >= 0 and rewards.count(1.0) > 15
 
 
-def test_expert_on_a_large_board_takes_immediate_wins():
-    env = ConnectFourEnv(rows=6, cols=7, opponent="random")
-    g = game(6, 7, 4)
+@pytest.mark.parametrize("rows, cols", [(4, 5), (6, 7)])  # the solver's board, and the heuristic's
+def test_expert_takes_immediate_wins(rows, cols):
+    env = ConnectFourEnv(rows=rows, cols=cols, opponent="random")
+    g = game(rows, cols, 4)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     wins_seen = 0

@@ -1,0 +1,836 @@
+"""``rl-vf compare`` and ``rl-vf suite``: train every (variant, seed) of a comparison as a
+subprocess, then report final performance, learning curves, sample efficiency and compute with
+stratified-bootstrap confidence intervals (``rl_vf.stats``); ``suite`` runs one comparison per
+entry of a YAML file and summarises across them.
+
+Definitions the reports use (each report repeats them):
+
+- A variant is ``ALGO[:BASELINE][,key=value,...]`` (``reinforce:rloo,group_size=8``, ``ppo,lam=1.0``).
+  ``reinforce:rloo`` and ``reinforce:group`` get ``group_size=4`` unless the variant or ``--set``
+  gives one.
+- The smoothed train curve of a run is the running mean of the train metric (``train/success_rate``
+  for ``--metric eval/success_rate``) over ``SMOOTH`` consecutive updates, defined from the
+  ``SMOOTH``-th update on (a run with fewer updates has one point, the mean of all of them), so one
+  lucky batch never counts. A run's final train score is the last point of that curve.
+- The threshold is ``--threshold`` (a fraction, default 0.8) times the best variant's IQM over
+  seeds of the final train score. A run reaches it at the first update whose smoothed value is
+  >= the threshold (the episodes and generated tokens done by then); a run that never does is
+  censored ("never", inf), and ``stats.threshold_ratio`` keeps censored runs in its medians.
+- Equal compute: B is the smallest final ``perf/trained_tokens`` of any finished run; each run's
+  smoothed train curve is interpolated at B and the IQM over seeds is reported per variant.
+- Suite scores are normalised to [0, 1] per task: success rates already are; any other metric is
+  min-max scaled over all the task's runs, all variants together.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from rl_vf import stats
+from rl_vf.advantages import BASELINES
+from rl_vf.algos import ALGOS
+from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, make_config, unknown_key
+
+METRICS = ("eval/success_rate", "eval/return_mean")  # higher is better; summary.json has both
+X_AXES = {"train/episodes": "episodes", "train/env_steps": "env steps",
+          "perf/generated_tokens": "generated tokens", "perf/wall_s": "wall time (s)"}
+COMPUTE_KEYS = {"train/episodes": "episodes", "train/env_steps": "env steps", "perf/generated_tokens": "generated tokens",
+                "perf/trained_tokens": "trained tokens", "perf/wall_s": "wall time (s)"}
+CROSSING_AXES = ("train/episodes", "perf/generated_tokens")
+SMOOTH = 3  # updates in the running mean of the train curve
+GRID_POINTS = 50
+REPS, ALPHA = 2000, 0.05
+GROUP_BASELINES = ("rloo", "group")
+DEFAULT_GROUP_SIZE = 4
+# Keys compare sets itself (or takes from its own flags); neither a variant nor --set may set them.
+RESERVED = ("algo", "env", "env_kwargs", "seed", "out", "wandb", "wandb_group", "wandb_job_type", "threads")
+LOG = "train.log"
+SUITE_KEYS = ("seeds", "variants", "jobs", "metric", "entries")
+ENTRY_KEYS = ("name", "env", "env_kwargs", "episodes", "set")
+
+
+# ---- variants and comparisons -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    name: str  # as typed, e.g. "reinforce:rloo,group_size=4"
+    overrides: dict  # its config keys
+
+    @property
+    def folder(self) -> str:
+        return safe_name(self.name)
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a folder name."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name)
+
+
+def check_keys(mapping: dict, where: str) -> dict:
+    """Config overrides of a variant or --set: known keys that compare does not set itself."""
+    for key in mapping:
+        if key not in FIELDS:
+            raise unknown_key(key, where)
+        if key in RESERVED:
+            raise ConfigError(f"{key!r} in {where}: compare sets it itself ({', '.join(RESERVED)} are reserved)")
+    return mapping
+
+
+def parse_pairs(pairs: list[str], where: str) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"expected key=value in {where}, got {pair!r}")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return check_keys(out, where)
+
+
+def parse_variant(text: str, common: dict) -> Variant:
+    """``ALGO[:BASELINE][,key=value,...]``; ``common`` (the --set keys) decides whether a group
+    baseline still needs the default group_size."""
+    head, *pairs = text.split(",")
+    algo, colon, baseline = head.partition(":")
+    choice(algo, ALGOS, "algo")
+    overrides = {"algo": algo}
+    if colon:
+        if algo != "reinforce":
+            raise ConfigError(f"a baseline (':{baseline}') only applies to reinforce")
+        choice(baseline, BASELINES, "baseline")
+        overrides["baseline"] = baseline
+    overrides.update(parse_pairs(pairs, "the variant"))
+    if overrides.get("baseline") in GROUP_BASELINES and "group_size" not in {**common, **overrides}:
+        overrides["group_size"] = DEFAULT_GROUP_SIZE
+    return Variant(text, overrides)
+
+
+@dataclass
+class Comparison:
+    """One env, its variants and seeds, and the folder its runs and report go to."""
+
+    out: str
+    env: str
+    env_kwargs: dict
+    variants: list[Variant]
+    seeds: list[int]
+    common: dict  # config keys for every run (--episodes and --set)
+    metric: str = "eval/success_rate"
+    threshold: float = 0.8
+    wandb: str = "offline"
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.out))
+
+    def run_dir(self, variant: Variant, seed: int) -> str:
+        return os.path.join(self.out, "runs", variant.folder, f"s{seed}")
+
+    def run_config(self, variant: Variant, seed: int) -> dict:
+        return {"env": self.env, "env_kwargs": self.env_kwargs, "seed": seed, **self.common, **variant.overrides,
+                "threads": 1, "wandb": self.wandb, "wandb_group": self.name, "wandb_job_type": variant.name,
+                "out": self.run_dir(variant, seed)}
+
+
+def make_comparison(out: str, env: str, env_kwargs, variants: list[str], seeds: int, episodes: int | None = None,
+                    sets: dict | None = None, metric: str = "eval/success_rate", threshold: float = 0.8,
+                    wandb: str = "offline") -> Comparison:
+    """A checked comparison: every run's config is built (and validated) before anything runs."""
+    from rl_vf.trainer import open_env  # imports torch; only needed here
+
+    if seeds < 1:
+        raise ConfigError(f"seeds must be >= 1, got {seeds}")
+    if not 0 < threshold <= 1:
+        raise ConfigError(f"threshold is a fraction of the best final IQM, in (0, 1]; got {threshold}")
+    choice(metric, METRICS, "metric")
+    choice(wandb, WANDB_MODES, "wandb")
+    if not variants:
+        raise ConfigError("no variants given; e.g. --algos 'ppo reinforce:rloo'")
+    common = check_keys(dict(sets or {}), "--set")
+    if episodes is not None:
+        common["total_episodes"] = episodes
+    parsed = []
+    for text in variants:
+        try:
+            parsed.append(parse_variant(text, common))
+        except ConfigError as e:
+            raise ConfigError(f"variant {text!r}: {e}") from None
+    folders = [v.folder for v in parsed]
+    if len(set(folders)) < len(folders):
+        raise ConfigError(f"two variants share a name or folder: {', '.join(v.name for v in parsed)}")
+    comp = Comparison(out, env, coerce("env_kwargs", env_kwargs), parsed, list(range(seeds)), common,
+                      metric, threshold, wandb)
+    for v in parsed:
+        try:
+            make_config(comp.run_config(v, 0))
+        except ConfigError as e:
+            raise ConfigError(f"variant {v.name!r}: {e}") from None
+    open_env(env, comp.env_kwargs)
+    return comp
+
+
+# ---- running ------------------------------------------------------------------------------------
+def finished(run_dir: str) -> bool:
+    return os.path.isfile(os.path.join(run_dir, "summary.json"))
+
+
+def resumable(run_dir: str) -> bool:
+    ckpt = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(ckpt) and any(d.startswith("update_") for d in os.listdir(ckpt))
+
+
+def train_command(config: dict, resume: str | None) -> list[str]:
+    from rl_vf.cli import flag  # rl_vf.cli imports this module
+
+    flags = [a for key, value in config.items()
+             for a in (flag(key), json.dumps(value) if isinstance(value, dict) else str(value))]
+    return [sys.executable, "-m", "rl_vf", "train", *(["--resume", resume] if resume else []), *flags]
+
+
+def launch(comp: Comparison, variant: Variant, seed: int) -> tuple[int, float]:
+    """Train one run to its end (continuing from a checkpoint if there is one); returns the exit
+    code and the seconds it took. Output goes to the run's train.log."""
+    run_dir = comp.run_dir(variant, seed)
+    resume = run_dir if resumable(run_dir) else None
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run that died before its first checkpoint starts over
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = train_command(comp.run_config(variant, seed), resume)
+    start = time.monotonic()
+    with open(os.path.join(run_dir, LOG), "a") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    return code, time.monotonic() - start
+
+
+def log_tail(path: str, lines: int = 12) -> str:
+    with open(path, errors="replace") as f:
+        text = [line for line in re.split(r"[\r\n]+", f.read()) if line.strip()]
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+def run_all(comp: Comparison, jobs: int) -> list[str]:
+    """Train every run without a summary.json, ``jobs`` at a time; returns the failed runs."""
+    pairs = [(v, s) for v in comp.variants for s in comp.seeds]
+    todo = [(v, s) for v, s in pairs if not finished(comp.run_dir(v, s))]
+    print(f"{comp.name}: {len(pairs) - len(todo)} of {len(pairs)} runs already finished; "
+          f"running {len(todo)}, {jobs} at a time", file=sys.stderr)
+    failed = []
+    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="run", desc=comp.name) as bar, \
+            ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(launch, comp, v, s): (v, s) for v, s in todo}
+        for future in as_completed(futures):
+            v, s = futures[future]
+            code, seconds = future.result()
+            run_dir = comp.run_dir(v, s)
+            if code == 0 and finished(run_dir):
+                with open(os.path.join(run_dir, "summary.json")) as f:
+                    score = json.load(f)[comp.metric]
+                bar.write(f"{v.name} s{s}: done in {seconds / 60:.1f} min, {comp.metric}={score:.3f}")
+            else:
+                failed.append(f"{v.name} s{s}")
+                bar.write(f"{v.name} s{s}: FAILED (exit {code}); end of {os.path.join(run_dir, LOG)}:\n"
+                          + log_tail(os.path.join(run_dir, LOG)))
+            bar.update()
+    return failed
+
+
+# ---- loading runs -------------------------------------------------------------------------------
+@dataclass
+class Run:
+    seed: int
+    summary: dict | None  # None: the run did not finish
+    rows: list[dict]
+
+    def series(self, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray]:
+        """The rows that have both keys, as x and y arrays."""
+        pts = [(r[xkey], r[ykey]) for r in self.rows if r.get(xkey) is not None and r.get(ykey) is not None]
+        return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+    def smoothed(self, xkey: str, ykey: str) -> tuple[np.ndarray, np.ndarray]:
+        """The running mean of ``ykey`` over SMOOTH updates, at the x of each window's last update."""
+        x, y = self.series(xkey, ykey)
+        k = min(SMOOTH, len(y))
+        return x[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid")
+
+
+def load_runs(comp: Comparison) -> dict[str, list[Run]]:
+    from rl_vf.metrics_log import read_metrics
+
+    runs = {}
+    for v in comp.variants:
+        runs[v.name] = []
+        for s in comp.seeds:
+            d = comp.run_dir(v, s)
+            summary = None
+            if finished(d):
+                with open(os.path.join(d, "summary.json")) as f:
+                    summary = json.load(f)
+            rows = read_metrics(os.path.join(d, "metrics.jsonl")) if summary else []
+            runs[v.name].append(Run(s, summary, rows))
+    return runs
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+def improvement(scores: dict[str, np.ndarray], seed: int = 0) -> list[dict]:
+    """P(X > Y) with its CI for every ordered pair of variants."""
+    return [{"x": x, "y": y, "poi": stats.probability_of_improvement_ci(scores[x], scores[y], REPS, ALPHA, seed)}
+            for x in scores for y in scores if x != y]
+
+
+def band(series: list[tuple[np.ndarray, np.ndarray]], grid: np.ndarray, seed: int = 0) -> dict | None:
+    """IQM over runs with a bootstrap band, on the grid points that every run covers."""
+    curves = np.stack([stats.interpolate_curve(x, y, grid) for x, y in series])
+    keep = ~np.isnan(curves).any(axis=0)
+    if not keep.any():
+        return None
+    stat, lo, hi = stats.curve_band(curves[:, keep], REPS, ALPHA, seed)
+    return {"x": grid[keep], "iqm": stat, "lo": lo, "hi": hi}
+
+
+def learning_curves(done: dict[str, list[Run]], keys: list[str], seed: int = 0) -> dict:
+    """{metric: {x axis: {variant: band}}}; runs are interpolated onto one grid per axis."""
+    out = {}
+    for key in keys:
+        out[key] = {}
+        for axis in X_AXES:
+            series = {v: [r.series(axis, key) for r in rs] for v, rs in done.items()}
+            series = {v: s for v, s in series.items() if all(len(x) for x, _ in s)}
+            if not series:
+                continue
+            xs = np.concatenate([x for s in series.values() for x, _ in s])
+            grid = np.linspace(xs.min(), xs.max(), GRID_POINTS)
+            bands = {v: band(s, grid, seed) for v, s in series.items()}
+            out[key][axis] = {v: b for v, b in bands.items() if b is not None}
+    return out
+
+
+def sample_efficiency(done: dict[str, list[Run]], train_key: str, fraction: float, seed: int = 0) -> dict:
+    """Per-seed first crossings of the threshold and their ratio to the first variant's."""
+    finals = {v: np.array([r.smoothed("train/episodes", train_key)[1][-1] for r in rs]) for v, rs in done.items()}
+    best = max(finals, key=lambda v: stats.iqm(finals[v]))
+    level = fraction * stats.iqm(finals[best])
+    crossings = {axis: {v: np.array([stats.first_crossing(*r.smoothed(axis, train_key), level) for r in rs])
+                        for v, rs in done.items()} for axis in CROSSING_AXES}
+    ref = next(iter(done))
+    ratios = {axis: {v: stats.threshold_ratio(c[ref], c[v], REPS, ALPHA, seed) for v in c if v != ref}
+              for axis, c in crossings.items()}
+    return {"fraction": fraction, "level": level, "best_variant": best, "best_final_iqm": stats.iqm(finals[best]),
+            "reference": ref, "final_train": finals, "crossings": crossings, "ratios": ratios}
+
+
+def compute(done: dict[str, list[Run]], train_key: str, seed: int = 0) -> dict:
+    """Mean cost per variant, and the train metric at the smallest common trained-token budget."""
+    means = {v: {k: float(np.mean([r.rows[-1][k] for r in rs])) for k in COMPUTE_KEYS} for v, rs in done.items()}
+    budget = min(r.rows[-1]["perf/trained_tokens"] for rs in done.values() for r in rs)
+    at_budget = {}
+    for v, rs in done.items():
+        values = np.array([stats.interpolate_curve(*r.smoothed("perf/trained_tokens", train_key), [budget])[0]
+                           for r in rs])
+        values = values[~np.isnan(values)]  # a run whose first smoothed point lies past the budget
+        at_budget[v] = {"n": len(values), "iqm": stats.bootstrap_ci(values, reps=REPS, alpha=ALPHA, seed=seed)
+                        if len(values) else None}
+    return {"means": means, "budget": budget, "at_budget": at_budget}
+
+
+def verdict(x: str, y: str, poi: tuple, ratio: dict | None = None, level: float | None = None) -> str:
+    """One line on X vs Y that claims only what the CIs support: a winner when the P(X > Y)
+    interval excludes 0.5, a speed-up when the episodes-ratio interval excludes 1."""
+    p, lo, hi = poi
+    if lo > 0.5:
+        line = f"{x} beats {y}: P({x}>{y})={p:.2f} [{lo:.2f}, {hi:.2f}]"
+    elif hi < 0.5:
+        line = f"{y} beats {x}: P({y}>{x})={1 - p:.2f} [{1 - hi:.2f}, {1 - lo:.2f}]"
+    else:
+        line = f"no clear difference between {x} and {y}: P({x}>{y})={p:.2f} [{lo:.2f}, {hi:.2f}]"
+    if ratio is None:
+        return line
+    r, rlo, rhi = ratio["ratio"], ratio["lo"], ratio["hi"]
+    if not math.isfinite(r) or r == 0:
+        return (line + f"; {level:.2f} reached by {ratio['reached_a']:.0%} of {x}'s seeds and "
+                f"{ratio['reached_b']:.0%} of {y}'s")
+    if rlo > 1 or rhi < 1:
+        return line + f"; {y} needs {r:.2f}x the episodes of {x} to reach {level:.2f} [{rlo:.2f}, {rhi:.2f}]"
+    return line + f"; no clear difference in episodes to reach {level:.2f} ({y}/{x} {r:.2f} [{rlo:.2f}, {rhi:.2f}])"
+
+
+def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int = 0) -> dict:
+    """Every number of a comparison report, from its finished runs."""
+    done = {v: [r for r in rs if r.summary is not None] for v, rs in runs.items()}
+    done = {v: rs for v, rs in done.items() if rs}
+    train_key = "train/" + metric.split("/", 1)[1]
+    results = {
+        "metric": metric, "train_metric": train_key,
+        "seeds": {v: [r.seed for r in rs if r.summary is not None] for v, rs in runs.items()},
+        "missing": {v: [r.seed for r in rs if r.summary is None] for v, rs in runs.items()},
+    }
+    if not done:
+        return {**results, "verdict": []}
+    scores = {v: np.array([r.summary[metric] for r in rs]) for v, rs in done.items()}
+    results["final"] = {v: stats.aggregate(x, REPS, ALPHA, seed) for v, x in scores.items()}
+    results["scores"] = scores
+    results["improvement"] = improvement(scores, seed)
+    periodic_eval = any(metric in row for rs in done.values() for r in rs for row in r.rows)
+    results["curves"] = learning_curves(done, [train_key, metric] if periodic_eval else [train_key], seed)
+    eff = results["sample_efficiency"] = sample_efficiency(done, train_key, fraction, seed)
+    results["compute"] = compute(done, train_key, seed)
+    poi = {(d["x"], d["y"]): d["poi"] for d in results["improvement"]}
+    ref = eff["reference"]
+    results["verdict"] = [verdict(ref, v, poi[ref, v], eff["ratios"]["train/episodes"][v], eff["level"])
+                          for v in done if v != ref]
+    return results
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+def num(x, inf: str = "never") -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if math.isinf(x):
+        return inf if x > 0 else "-inf"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def ci(t, digits: int = 3) -> str:
+    return "–" if t is None else f"{t[0]:.{digits}f} [{t[1]:.{digits}f}, {t[2]:.{digits}f}]"
+
+
+def render_markdown(blocks: list[tuple]) -> str:
+    out = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2"):
+            out.append("#" * int(kind[1]) + " " + rest[0])
+        elif kind == "p":
+            out.append(rest[0])
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in rest[0]))
+        elif kind == "table":
+            header, rows = rest
+            out.append("\n".join("| " + " | ".join(map(str, r)) + " |"
+                                 for r in [header, ["---"] * len(header), *rows]))
+        elif kind == "img":
+            out.append(f"![{rest[1]}]({rest[0]})")
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks: list[tuple], root: str, title: str) -> str:
+    """One self-contained page: the images are embedded as base64."""
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+           "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}</style></head><body>"]
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "p"):
+            out.append(f"<{kind}>{e(rest[0])}</{kind}>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in rest[0]) + "</ul>")
+        elif kind == "table":
+            header, rows = rest
+            out.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+                       + "</table>")
+        elif kind == "img":
+            with open(os.path.join(root, rest[0]), "rb") as f:
+                data = base64.b64encode(f.read()).decode()
+            out.append(f"<p><img alt='{e(rest[1])}' src='data:image/png;base64,{data}'></p>")
+    return "\n".join(out + ["</body></html>"]) + "\n"
+
+
+def jsonable(x):
+    """numpy values and tuples as JSON types; inf and NaN as null."""
+    if isinstance(x, dict):
+        return {(k if isinstance(k, str) else str(k)): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def write_outputs(out: str, stem: str, json_name: str, blocks: list[tuple], results: dict, title: str) -> None:
+    """OUT/<stem>.md, OUT/<stem>.html and OUT/<json_name> (every number in ``results``)."""
+    with open(os.path.join(out, f"{stem}.md"), "w") as f:
+        f.write(render_markdown(blocks))
+    with open(os.path.join(out, f"{stem}.html"), "w") as f:
+        f.write(render_html(blocks, out, title))
+    with open(os.path.join(out, json_name), "w") as f:
+        json.dump(jsonable(results), f, indent=1)
+
+
+# ---- plots --------------------------------------------------------------------------------------
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_intervals(table: dict[str, dict], path: str, xlabel: str) -> None:
+    """IQM, mean and median with their CIs, one row per variant."""
+    plt = pyplot()
+    names = list(table)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 0.6 * len(names) + 1.4), sharey=True)
+    for ax, stat in zip(axes, ("iqm", "mean", "median")):
+        for i, v in enumerate(names):
+            p, lo, hi = table[v][stat]
+            ax.errorbar([p], [i], xerr=[[p - lo], [hi - p]], fmt="o", capsize=4, color=f"C{i}")
+        ax.set_title(stat.upper() if stat == "iqm" else stat)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(curves: dict[str, dict], path: str, ylabel: str, variants: list[str]) -> None:
+    """One panel per x axis: IQM over seeds and its 95% band, one colour per variant."""
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for ax, (axis, label) in zip(axes.flat, X_AXES.items()):
+        for i, v in enumerate(variants):
+            b = curves.get(axis, {}).get(v)
+            if b is not None:
+                ax.plot(b["x"], b["iqm"], color=f"C{i}", label=v)
+                ax.fill_between(b["x"], b["lo"], b["hi"], color=f"C{i}", alpha=0.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_profiles(profiles: dict[str, tuple], taus: np.ndarray, path: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, (v, (p, lo, hi)) in enumerate(profiles.items()):
+        ax.plot(taus, p, color=f"C{i}", label=v)
+        ax.fill_between(taus, lo, hi, color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("normalised score τ")
+    ax.set_ylabel("fraction of (seed, task) runs with score > τ")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- the comparison report ----------------------------------------------------------------------
+def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) -> list[tuple]:
+    metric, train_key = results["metric"], results["train_metric"]
+    names = [v.name for v in comp.variants]
+    missing = [f"{v} s{s}" for v, seeds in results["missing"].items() for s in seeds]
+    blocks = [
+        ("h1", f"Comparison {comp.name}"),
+        ("p", f"env {comp.env} {json.dumps(comp.env_kwargs)}; variants {', '.join(names)}; seeds "
+              f"{', '.join(map(str, comp.seeds))}; settings for every run {json.dumps(comp.common)}. "
+              f"All intervals are 95% stratified-bootstrap percentile intervals ({REPS} resamples)."),
+        ("p", "Missing runs (failed or not finished; left out of every number): "
+              + (", ".join(missing) if missing else "none") + "."),
+    ]
+    if "final" not in results:
+        return blocks
+    eff, cost = results["sample_efficiency"], results["compute"]
+    blocks += [("h2", "Verdict"), ("list", results["verdict"] or ["only one variant finished"])]
+
+    blocks += [("h2", f"Final performance ({metric}, final evaluation in summary.json)"),
+               ("table", ["variant", "n", "IQM", "mean", "median", "per seed"],
+                [[v, len(results["scores"][v]), ci(t["iqm"]), ci(t["mean"]), ci(t["median"]),
+                  ", ".join(f"s{s}: {x:.3f}" for s, x in zip(results["seeds"][v], results["scores"][v]))]
+                 for v, t in results["final"].items()]),
+               ("img", plots["final"], "final performance"),
+               ("p", "Probability of improvement P(X > Y): the chance that a run of X scores higher than a run "
+                     "of Y (ties count half)."),
+               ("table", ["X", "Y", "P(X > Y)"], [[d["x"], d["y"], ci(d["poi"], 2)] for d in results["improvement"]])]
+
+    blocks += [("h2", "Learning curves"),
+               ("p", f"IQM over seeds with 95% bootstrap bands; each run is interpolated linearly onto a common "
+                     f"grid of {GRID_POINTS} points per x axis, and a variant is drawn where all its runs have data. "
+                     f"{metric} curves are the periodic evaluations (eval_every).")]
+    blocks += [("img", plots[f"curves {key}"], f"learning curves {key}") for key in results["curves"]]
+
+    ref = eff["reference"]
+    blocks += [("h2", "Sample efficiency"),
+               ("p", f"Threshold {eff['level']:.3f} = {eff['fraction']} x {eff['best_final_iqm']:.3f}, the final "
+                     f"IQM of {eff['best_variant']} (the best variant), where a run's final score is the last point "
+                     f"of its smoothed train curve: {train_key} averaged over {SMOOTH} consecutive updates. A run "
+                     f"reaches the threshold at the first update where the smoothed curve is >= it; 'never' = "
+                     f"censored. Ratio = median(variant) / median({ref}) over seeds, with 'never' counted as infinitely "
+                     f"late (so the ratio is inf once the variant's median run never gets there).")]
+    for axis in CROSSING_AXES:
+        seeds = sorted({s for v in eff["crossings"][axis] for s in results["seeds"][v]})
+        blocks.append(("p", f"{X_AXES[axis].capitalize()} to reach {eff['level']:.3f}:"))
+        blocks.append(("table", ["variant", *[f"s{s}" for s in seeds], f"ratio vs {ref}", "reached"],
+                       [[v, *[num(dict(zip(results["seeds"][v], c)).get(s)) for s in seeds],
+                         ci_ratio(eff["ratios"][axis].get(v)),
+                         f"{np.isfinite(c).mean():.0%}"] for v, c in eff["crossings"][axis].items()]))
+
+    blocks += [("h2", "Compute"),
+               ("table", ["variant", *COMPUTE_KEYS.values()],
+                [[v, *[num(m[k]) for k in COMPUTE_KEYS]] for v, m in cost["means"].items()]),
+               ("p", f"Means over finished seeds, at the end of training. At equal compute: {train_key} (smoothed) "
+                     f"at {num(cost['budget'])} trained tokens, the smallest final perf/trained_tokens of any run."),
+               ("table", ["variant", "n", f"IQM of {train_key} at equal trained tokens"],
+                [[v, d["n"], ci(d["iqm"])] for v, d in cost["at_budget"].items()])]
+    return blocks
+
+
+def ci_ratio(r: dict | None) -> str:
+    return "reference" if r is None else f"{num(r['ratio'], 'inf')} [{num(r['lo'], 'inf')}, {num(r['hi'], 'inf')}]"
+
+
+def write_report(comp: Comparison, seed: int = 0) -> dict:
+    """report.md, report.html, results.json and plots/ from the comparison's finished runs."""
+    results = analyse(load_runs(comp), comp.metric, comp.threshold, seed)
+    plot_dir = os.path.join(comp.out, "plots")
+    os.makedirs(plot_dir, exist_ok=True)
+    plots = {}
+    if "final" in results:
+        plots["final"] = "plots/final.png"
+        plot_intervals(results["final"], os.path.join(comp.out, plots["final"]), comp.metric)
+        for key, curves in results["curves"].items():
+            plots[f"curves {key}"] = f"plots/curves_{key.replace('/', '_')}.png"
+            plot_curves(curves, os.path.join(comp.out, plots[f"curves {key}"]), key, list(results["final"]))
+    blocks = comparison_blocks(comp, results, plots)
+    results["comparison"] = {"name": comp.name, "env": comp.env, "env_kwargs": comp.env_kwargs,
+                             "variants": {v.name: v.overrides for v in comp.variants}, "seeds": comp.seeds,
+                             "common": comp.common, "threshold_fraction": comp.threshold, "smooth_updates": SMOOTH,
+                             "bootstrap": {"reps": REPS, "alpha": ALPHA, "seed": seed}}
+    write_outputs(comp.out, "report", "results.json", blocks, results, f"rl-vf comparison {comp.name}")
+    return results
+
+
+def run_comparison(comp: Comparison, jobs: int) -> tuple[int, dict]:
+    """Run what is missing, write the report; exit code 1 if a run failed."""
+    failed = run_all(comp, jobs)
+    results = write_report(comp)
+    for line in results["verdict"]:
+        print(line)
+    print(f"report: {os.path.join(comp.out, 'report.md')} (report.html, results.json, plots/)")
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; the same command again retries them "
+              f"(and resumes from their checkpoints)", file=sys.stderr)
+    return (1 if failed else 0), results
+
+
+# ---- suite --------------------------------------------------------------------------------------
+def normalise(scores: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
+    """Scores of one task in [0, 1]: rates as they are, other metrics min-max over all its runs."""
+    if metric.endswith("_rate"):
+        return scores
+    values = np.concatenate(list(scores.values()))
+    lo, span = values.min(), values.max() - values.min()
+    return {v: (x - lo) / span if span else np.zeros_like(x) for v, x in scores.items()}
+
+
+def analyse_suite(tasks: dict[str, dict], metric: str, seed: int = 0) -> dict:
+    """``tasks``: {task: comparison results}. Per variant the (seeds, tasks) matrix of normalised
+    final scores over the seeds that finished in every task, its aggregates, probability of
+    improvement (averaged over tasks) and performance profile."""
+    norm = {t: normalise(r.get("scores", {}), metric) for t, r in tasks.items()}
+    variants = list(dict.fromkeys(v for r in tasks.values() for v in r["seeds"]))
+    matrices, seeds = {}, {}
+    for v in variants:
+        by_task = [dict(zip(r["seeds"].get(v, []), norm[t].get(v, []))) for t, r in tasks.items()]
+        seeds[v] = sorted(set.intersection(*(set(d) for d in by_task)))
+        if seeds[v]:
+            matrices[v] = np.array([[d[s] for d in by_task] for s in seeds[v]])
+    taus = np.linspace(0, 1, 101)
+    results = {"metric": metric, "tasks": list(tasks), "seeds": seeds, "scores": matrices,
+               "aggregate": {v: stats.aggregate(m, REPS, ALPHA, seed) for v, m in matrices.items()},
+               "improvement": improvement(matrices, seed), "taus": taus,
+               "profiles": {v: stats.performance_profile_ci(m, taus, REPS, ALPHA, seed) for v, m in matrices.items()},
+               "per_task": {t: r.get("final", {}) for t, r in tasks.items()}}
+    names = list(matrices)
+    poi = {(d["x"], d["y"]): d["poi"] for d in results["improvement"]}
+    results["verdict"] = [verdict(names[0], v, poi[names[0], v]) for v in names[1:]]
+    return results
+
+
+def suite_blocks(results: dict, entries: list[str], plots: dict[str, str]) -> list[tuple]:
+    tasks = results["tasks"]
+    return [
+        ("h1", "Suite summary"),
+        ("p", f"Final {results['metric']} of every (variant, seed, task), normalised to [0, 1] per task "
+              "(success rates as they are; other metrics min-max over all the task's runs). Per variant, seeds that "
+              "finished in every task; 95% CIs from a bootstrap stratified by task (seeds resampled within each "
+              f"task, {REPS} resamples). P(X > Y) is averaged over tasks. Tasks: {', '.join(tasks)}."),
+        ("h2", "Verdict"), ("list", results["verdict"] or ["only one variant finished"]),
+        ("h2", "Aggregate over tasks"),
+        ("table", ["variant", "seeds", "IQM", "mean", "median"],
+         [[v, len(results["seeds"][v]), ci(a["iqm"]), ci(a["mean"]), ci(a["median"])]
+          for v, a in results["aggregate"].items()]),
+        ("img", plots["aggregate"], "aggregate normalised scores"),
+        ("table", ["X", "Y", "P(X > Y)"], [[d["x"], d["y"], ci(d["poi"], 2)] for d in results["improvement"]]),
+        ("h2", "Performance profiles"),
+        ("p", "Fraction of (seed, task) runs whose normalised score exceeds τ, with 95% bands."),
+        ("img", plots["profiles"], "performance profiles"),
+        ("h2", f"Per task: IQM of {results['metric']}"),
+        ("table", ["task", *results["aggregate"], "report"],
+         [[t, *[ci(results["per_task"][t].get(v, {}).get("iqm")) for v in results["aggregate"]], entry]
+          for t, entry in zip(tasks, entries)]),
+    ]
+
+
+def write_suite_report(out: str, tasks: dict[str, dict], metric: str) -> dict:
+    results = analyse_suite(tasks, metric)
+    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    plots = {"aggregate": "plots/aggregate.png", "profiles": "plots/profiles.png"}
+    if results["aggregate"]:
+        plot_intervals(results["aggregate"], os.path.join(out, plots["aggregate"]), "normalised score")
+        plot_profiles(results["profiles"], results["taus"], os.path.join(out, plots["profiles"]))
+        blocks = suite_blocks(results, [os.path.join(t, "report.md") for t in tasks], plots)
+    else:
+        blocks = [("h1", "Suite summary"), ("p", "No variant finished in every task.")]
+    write_outputs(out, "suite", "suite.json", blocks, results, "rl-vf suite")
+    return results
+
+
+def read_suite(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read suite file {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"suite file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list) or not data["entries"]:
+        raise ConfigError(f"suite file {path!r} must be a mapping with a non-empty list of 'entries'")
+    for where, mapping, valid in [("the top level", data, SUITE_KEYS),
+                                  *[(f"entry {i}", e, ENTRY_KEYS) for i, e in enumerate(data["entries"])]]:
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{where} of {path!r} must be a mapping, got {mapping!r}")
+        for key in mapping:
+            if key not in valid:
+                raise ConfigError(f"unknown key {key!r} in {where} of {path!r}; valid keys: {', '.join(valid)}")
+    for i, e in enumerate(data["entries"]):
+        if "name" not in e or "env" not in e:
+            raise ConfigError(f"entry {i} of {path!r} needs a name and an env")
+    folders = [safe_name(str(e["name"])) for e in data["entries"]]
+    if len(set(folders)) < len(folders):
+        raise ConfigError(f"entry names in {path!r} must be unique (as folder names), got {', '.join(folders)}")
+    variants = data.get("variants")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, str) for v in variants):
+        raise ConfigError(f"'variants' in {path!r} must be a list of variants, e.g. [ppo, reinforce:rloo]")
+    for key in ("seeds", "jobs"):
+        if key in data and (type(data[key]) is not int or data[key] < 1):
+            raise ConfigError(f"{key!r} in {path!r} must be an integer >= 1, got {data[key]!r}")
+    return data
+
+
+# ---- command line -------------------------------------------------------------------------------
+def positive_jobs(jobs: int | None) -> int:
+    if jobs is None:
+        jobs = os.cpu_count() or 1
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    return jobs
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    env_name = args.env.split(":")[-1].replace("/", "_")
+    out = args.out or os.path.join("runs", f"compare-{env_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    comp = make_comparison(out, args.env, args.env_kwargs, [v for a in args.algos for v in a.split()], args.seeds,
+                           args.episodes, parse_pairs(args.set, "--set"), args.metric, args.threshold, args.wandb)
+    return run_comparison(comp, positive_jobs(args.jobs))[0]
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    data = read_suite(args.config)
+    entries = data["entries"]
+    if args.only:
+        entries = [e for e in entries if e["name"] in args.only or e["env"] in args.only]
+        if not entries:
+            raise ConfigError(f"--only {' '.join(args.only)} matches no entry; entries: "
+                              + ", ".join(f"{e['name']} ({e['env']})" for e in data["entries"]))
+    out = args.out or os.path.join("runs", f"suite-{time.strftime('%Y%m%d-%H%M%S')}")
+    metric = data.get("metric", "eval/success_rate")
+    comps = []
+    for e in entries:  # all checked before the first run starts
+        try:
+            comps.append(make_comparison(os.path.join(out, safe_name(e["name"])), e["env"],
+                                         e.get("env_kwargs") or {}, data["variants"],
+                                         data.get("seeds", 5), e.get("episodes"), e.get("set") or {}, metric))
+        except ConfigError as err:
+            raise ConfigError(f"suite entry {e['name']!r}: {err}") from None
+    jobs = positive_jobs(args.jobs if args.jobs is not None else data.get("jobs"))
+    codes, tasks = [], {}
+    for comp in comps:
+        code, tasks[comp.name] = run_comparison(comp, jobs)
+        codes.append(code)
+    write_suite_report(out, tasks, metric)
+    print(f"suite summary: {os.path.join(out, 'suite.md')} (suite.html, suite.json, plots/)")
+    return max(codes)
+
+
+def add_parsers(sub) -> None:
+    """Add ``compare`` and ``suite`` to the subcommands of ``rl-vf``."""
+    p = sub.add_parser(
+        "compare", help="train every (variant, seed) on one env in parallel and write a statistical report",
+        description="Train each variant with seeds 0..N-1 as `rl-vf train` subprocesses (--threads 1 each, --jobs "
+                    "at a time; output in OUT/runs/<variant>/s<seed>/train.log), then write OUT/report.md, "
+                    "OUT/report.html (self-contained), OUT/results.json and OUT/plots/: final performance (IQM, "
+                    "mean, median with 95% stratified-bootstrap CIs), P(X > Y) for each pair, learning curves, "
+                    "episodes to a threshold, compute, and a verdict. Resumable: run the same command (same --out) "
+                    "again and finished runs are skipped, interrupted ones continue from their checkpoints.",
+        epilog="Variant grammar: ALGO[:BASELINE][,key=value,...], e.g. 'ppo', 'reinforce:none', "
+               "'reinforce:rloo,group_size=8', 'ppo,lam=1.0' (keys as in `rl-vf train --help`, with underscores). "
+               f"reinforce:rloo and reinforce:group get group_size={DEFAULT_GROUP_SIZE} unless set. Threshold: "
+               "FRACTION x the best variant's final IQM of the train metric smoothed over "
+               f"{SMOOTH} updates. Exit code 0 when every run finished, 1 when a run failed (the report covers "
+               "the others), 2 for bad input.")
+    p.add_argument("--env", required=True, help="env id (as for train)")
+    p.add_argument("--env-kwargs", default="{}", metavar="JSON", help="env keyword arguments (default: {})")
+    p.add_argument("--seeds", type=int, required=True, metavar="N", help="seeds 0..N-1 per variant")
+    p.add_argument("--algos", nargs="+", required=True, metavar="VARIANT",
+                   help="variants, space-separated (one quoted string or several arguments), "
+                        "e.g. \"ppo reinforce:rloo reinforce:none\"")
+    p.add_argument("--episodes", type=int, metavar="N", help="total_episodes of every run (default: the config's)")
+    p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: os.cpu_count())")
+    p.add_argument("--out", metavar="DIR", help="comparison folder (default: runs/compare-<env>-<time>)")
+    p.add_argument("--wandb", default="offline", choices=WANDB_MODES,
+                   help="wandb mode of the runs, grouped by the comparison's name (default: offline)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every run (repeatable), e.g. --set lr=3e-4")
+    p.add_argument("--threshold", type=float, default=0.8, metavar="FRACTION",
+                   help="sample-efficiency threshold as a fraction of the best variant's final IQM (default: 0.8)")
+    p.add_argument("--metric", default=METRICS[0], choices=METRICS,
+                   help="final metric from summary.json; its train/ twin is the learning curve (default: %(default)s)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "suite", help="run one comparison per entry of a YAML file and summarise across tasks",
+        description="Run the comparisons of a suite file one after another (each in OUT/<entry name>/ with its own "
+                    "report), then write OUT/suite.md, OUT/suite.html, OUT/suite.json and OUT/plots/: per variant "
+                    "the IQM, mean and median over (seed, task) of final scores normalised to [0, 1] per task, with "
+                    "95% CIs from a bootstrap stratified by task, P(X > Y) averaged over tasks, and performance "
+                    "profiles. Resumable with the same --out.",
+        epilog="File schema (see experiments/suite.yaml): seeds, variants, jobs, metric (optional), entries: "
+               "[{name, env, env_kwargs, episodes, set: {key: value}}].")
+    p.add_argument("--config", default="experiments/suite.yaml", metavar="FILE.yaml",
+                   help="suite file (default: %(default)s)")
+    p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: the file's jobs, else os.cpu_count())")
+    p.add_argument("--out", metavar="DIR", help="suite folder (default: runs/suite-<time>)")
+    p.add_argument("--only", nargs="+", metavar="ENV", help="run only the entries with these names or env ids")
+    p.set_defaults(func=cmd_suite)

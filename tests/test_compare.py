@@ -1,0 +1,214 @@
+"""rl-vf compare / suite: the runs it launches, resuming, bad input, and the report's statistics."""
+import argparse
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+import tests.toy_env  # noqa: F401  (registers PickThree-v0)
+from rl_vf import compare, stats
+from rl_vf.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [f"--set={kv}" for kv in ("hidden_size=32", "layers=1", "heads=2", "intermediate_size=64", "max_action_tokens=1",
+                                 "episodes_per_update=32", "eval_every=0", "final_eval_episodes=16")]
+
+
+def cli(*argv) -> int:
+    """``rl-vf compare|suite ...`` as rl_vf.cli dispatches it (ConfigError propagates; the CLI maps it to 2)."""
+    parser = argparse.ArgumentParser()
+    compare.add_parsers(parser.add_subparsers(required=True))
+    args = parser.parse_args([str(a) for a in argv])
+    return args.func(args)
+
+
+def launches(run_dir) -> list[str]:
+    """The train command lines compare wrote to a run's log, one per launch."""
+    return [line for line in (run_dir / "train.log").read_text().splitlines() if line.startswith("$ ")]
+
+
+def test_compare_runs_every_variant_and_seed_once_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "cmp"
+    argv = ["compare", "--env", "tests.toy_env:PickThree-v0", "--seeds", 2, "--algos", "ppo reinforce:rloo",
+            "--episodes", 64, "--jobs", 2, "--out", out, "--wandb", "disabled", *TINY]
+    assert cli(*argv) == 0
+    runs = {(v, s): out / "runs" / v / f"s{s}" for v in ("ppo", "reinforce_rloo") for s in (0, 1)}
+    for run in runs.values():
+        assert (run / "summary.json").exists() and len(launches(run)) == 1
+    config = yaml.safe_load((runs["reinforce_rloo", 1] / "config.yaml").read_text())
+    assert (config["algo"], config["baseline"], config["group_size"], config["seed"]) == ("reinforce", "rloo", 4, 1)
+    assert (config["wandb_group"], config["wandb_job_type"], config["threads"]) == ("cmp", "reinforce:rloo", 1)
+    for name in ("report.md", "report.html", "results.json", "plots/final.png", "plots/curves_train_success_rate.png"):
+        assert (out / name).exists(), name
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+    # The report's IQM is the IQM of the runs' own summary.json scores.
+    results = json.loads((out / "results.json").read_text())
+    for variant, folder in (("ppo", "ppo"), ("reinforce:rloo", "reinforce_rloo")):
+        scores = [json.loads((runs[folder, s] / "summary.json").read_text())["eval/success_rate"] for s in (0, 1)]
+        assert results["final"][variant]["iqm"] == pytest.approx(stats.bootstrap_ci(scores))
+
+    assert cli(*argv) == 0  # everything finished: nothing runs again
+    assert all(len(launches(run)) == 1 for run in runs.values())
+
+    (runs["ppo", 1] / "summary.json").unlink()
+    assert cli(*argv) == 0  # only that run, resumed from its last checkpoint
+    assert (runs["ppo", 1] / "summary.json").exists()
+    assert len(launches(runs["ppo", 1])) == 2 and "--resume" in launches(runs["ppo", 1])[1]
+    assert all(len(launches(run)) == 1 for key, run in runs.items() if key != ("ppo", 1))
+
+
+@pytest.mark.parametrize("variant, valid", [
+    ("a2c", "choose one of: ppo, reinforce"),
+    ("reinforce:median", "choose one of: none, mean, rloo, group"),
+    ("ppo,learning_rate=1", "valid keys: .*lr"),
+])
+def test_bad_variant_is_refused_before_any_run(tmp_path, variant, valid):
+    with pytest.raises(ConfigError, match=f"{variant}.*{valid}"):
+        cli("compare", "--env", "TicTacToe-v0", "--seeds", 2, "--algos", f"ppo {variant}", "--out", tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_verdict_claims_only_what_the_intervals_support():
+    faster = {"ratio": 1.8, "lo": 1.3, "hi": 2.5, "reached_a": 1.0, "reached_b": 1.0}
+    assert compare.verdict("ppo", "rf", (0.92, 0.70, 1.0), faster, 0.8) == (
+        "ppo beats rf: P(ppo>rf)=0.92 [0.70, 1.00]; rf needs 1.80x the episodes of ppo to reach 0.80 [1.30, 2.50]")
+    assert compare.verdict("ppo", "rf", (0.1, 0.0, 0.3)) == "rf beats ppo: P(rf>ppo)=0.90 [0.70, 1.00]"
+    unclear = compare.verdict("ppo", "rf", (0.6, 0.3, 0.9), {**faster, "lo": 0.9}, 0.8)
+    assert unclear.startswith("no clear difference between ppo and rf: P(ppo>rf)=0.60 [0.30, 0.90]")
+    assert "beats" not in unclear and "no clear difference in episodes to reach 0.80" in unclear
+    never = compare.verdict("ppo", "rf", (0.9, 0.6, 1.0), {**faster, "ratio": float("inf"), "reached_b": 0.4}, 0.8)
+    assert never.endswith("0.80 reached by 100% of ppo's seeds and 40% of rf's")
+
+
+def fake_run(folder, curve, score=None, tokens_per_update=1000, eval_every=0):
+    """A run folder as the trainer writes it: one metrics row per update (100 episodes each) and,
+    if ``score`` is given, summary.json."""
+    folder.mkdir(parents=True)
+    rows = []
+    for t, y in enumerate(curve, 1):
+        row = {"update": t, "train/episodes": 100 * t, "train/env_steps": 300 * t, "perf/generated_tokens": 600 * t,
+               "perf/trained_tokens": tokens_per_update * t, "perf/wall_s": 2.0 * t, "train/success_rate": y}
+        if eval_every and t % eval_every == 0:
+            row["eval/success_rate"] = y
+        rows.append(row)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if score is not None:
+        (folder / "summary.json").write_text(json.dumps({"eval/success_rate": score, "eval/return_mean": score}))
+
+
+def step_curve(start: int, updates: int = 20) -> list[float]:
+    """Success 0 before update ``start``, 1 from it on: the 3-update running mean first reaches
+    0.8 (it is 1) at update start + 2."""
+    return [float(t >= start) for t in range(1, updates + 1)]
+
+
+def synthetic_comparison(out, ppo_scores, rf_scores, rf_tokens=1000) -> compare.Comparison:
+    """ppo switches on at update seed + 2; reinforce:none at 3 * seed + 7 (seed 3 never; seed 4 did not finish)."""
+    comp = compare.Comparison(str(out), "tests.toy_env:PickThree-v0", {},
+                              [compare.parse_variant("ppo", {}), compare.parse_variant("reinforce:none", {})],
+                              list(range(5)), {})
+    for s in range(5):
+        fake_run(out / "runs" / "ppo" / f"s{s}", step_curve(s + 2), ppo_scores[s], eval_every=2)
+        fake_run(out / "runs" / "reinforce_none" / f"s{s}", step_curve(99 if s == 3 else 3 * s + 7),
+                 rf_scores[s] if s < 4 else None, tokens_per_update=rf_tokens)
+    return comp
+
+
+def test_report_statistics_from_synthetic_runs(tmp_path):
+    ppo, rf = [0.9, 0.95, 0.85, 1.0, 0.92], [0.5, 0.6, 0.4, 0.55]
+    comp = synthetic_comparison(tmp_path, ppo, rf + [None], rf_tokens=800)
+    results = compare.write_report(comp)
+
+    assert results["missing"] == {"ppo": [], "reinforce:none": [4]}
+    assert results["final"]["ppo"]["iqm"] == pytest.approx(stats.bootstrap_ci(ppo))
+    assert results["final"]["reinforce:none"]["median"] == pytest.approx(stats.bootstrap_ci(rf, np.median))
+    assert results["improvement"][0]["poi"][0] == 1.0  # every ppo seed beats every reinforce seed
+    assert results["verdict"][0].startswith("ppo beats reinforce:none: P(ppo>reinforce:none)=1.00")
+
+    eff = results["sample_efficiency"]
+    assert eff["best_variant"] == "ppo" and eff["level"] == pytest.approx(0.8)  # final smoothed curves are 1
+    assert list(eff["crossings"]["train/episodes"]["ppo"]) == [100 * (s + 4) for s in range(5)]
+    assert list(eff["crossings"]["train/episodes"]["reinforce:none"]) == [900, 1200, 1500, np.inf]
+    assert list(eff["crossings"]["perf/generated_tokens"]["ppo"]) == [600 * (s + 4) for s in range(5)]
+    ratio = eff["ratios"]["train/episodes"]["reinforce:none"]
+    assert ratio["ratio"] == pytest.approx(1350 / 600) and ratio["reached_b"] == 0.75
+    assert "reinforce:none needs 2.25x the episodes of ppo" in results["verdict"][0]
+
+    cost = results["compute"]
+    assert cost["budget"] == 16000  # reinforce: 20 updates x 800 trained tokens
+    assert cost["means"]["reinforce:none"]["perf/trained_tokens"] == 16000
+    assert cost["at_budget"]["ppo"]["iqm"][0] == 1.0  # every ppo curve is 1 by update 16
+    assert set(results["curves"]) == {"train/success_rate", "eval/success_rate"}
+    band = results["curves"]["train/success_rate"]["train/episodes"]["ppo"]
+    assert band["iqm"][0] == 0 and band["iqm"][-1] == 1 and np.all(band["lo"] <= band["iqm"])
+
+    md = (tmp_path / "report.md").read_text()
+    assert "reinforce:none s4" in md and "| never |" in md and "ppo beats reinforce:none" in md
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sample_efficiency"]["crossings"]["train/episodes"]["reinforce:none"][3] is None  # never
+    assert saved["final"]["ppo"]["iqm"] == pytest.approx(list(stats.bootstrap_ci(ppo)))
+    for name in ("final", "curves_train_success_rate", "curves_eval_success_rate"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
+
+
+def test_no_clear_difference_when_the_runs_overlap(tmp_path):
+    comp = synthetic_comparison(tmp_path, [0.5, 0.7, 0.6, 0.4, 0.55], [0.6, 0.45, 0.65, 0.5])
+    results = compare.write_report(comp)
+    p, lo, hi = results["improvement"][0]["poi"]
+    assert lo < 0.5 < hi
+    assert results["verdict"][0].startswith("no clear difference between ppo and reinforce:none")
+
+
+def test_failed_run_is_reported_and_the_report_covers_the_others(tmp_path, monkeypatch, capsys):
+    comp = synthetic_comparison(tmp_path, [0.9, 0.95, 0.85, 1.0, 0.92], [0.5, 0.6, 0.4, 0.55, None])
+    launched = []
+
+    def failing_launch(comp, variant, seed):
+        launched.append((variant.name, seed))
+        (tmp_path / "runs" / variant.folder / f"s{seed}" / "train.log").write_text("Traceback ...\nRuntimeError: boom\n")
+        return 1, 0.5
+
+    monkeypatch.setattr(compare, "launch", failing_launch)
+    code, results = compare.run_comparison(comp, jobs=2)
+    assert code == 1 and launched == [("reinforce:none", 4)]  # only the run without summary.json
+    shown = capsys.readouterr().out
+    assert "reinforce:none s4: FAILED (exit 1)" in shown and "RuntimeError: boom" in shown
+    assert results["missing"]["reinforce:none"] == [4] and results["final"]["reinforce:none"]["iqm"]
+    assert "reinforce:none s4" in (tmp_path / "report.md").read_text()
+
+
+def test_suite_summary_normalises_and_stratifies_over_tasks(tmp_path):
+    tasks = {}
+    for name, ppo, rf in (("a", [0.9, 0.8, 1.0, 0.7, 0.9], [0.1, 0.2, 0.3, 0.2]),
+                          ("b", [0.3, 0.4, 0.25, 0.5, 0.4], [0.1, 0.0, 0.1, 0.2])):
+        tasks[name] = compare.write_report(synthetic_comparison(tmp_path / name, ppo, rf + [None]))
+    results = compare.write_suite_report(str(tmp_path), tasks, "eval/success_rate")
+    assert results["seeds"] == {"ppo": [0, 1, 2, 3, 4], "reinforce:none": [0, 1, 2, 3]}  # s4 missing in both
+    matrix = np.array([[0.9, 0.3], [0.8, 0.4], [1.0, 0.25], [0.7, 0.5], [0.9, 0.4]])
+    assert results["aggregate"]["ppo"]["iqm"] == pytest.approx(stats.bootstrap_ci(matrix))
+    assert results["improvement"][0]["poi"][0] == 1.0
+    assert results["verdict"] == ["ppo beats reinforce:none: P(ppo>reinforce:none)=1.00 [1.00, 1.00]"]
+    for name in ("suite.md", "suite.html", "suite.json", "plots/profiles.png", "plots/aggregate.png"):
+        assert (tmp_path / name).exists(), name
+    # Returns are min-max scaled over all of a task's runs.
+    scaled = compare.normalise({"x": np.array([-1.0, 1.0]), "y": np.array([0.0])}, "eval/return_mean")
+    assert list(scaled["x"]) == [0.0, 1.0] and list(scaled["y"]) == [0.5]
+
+
+def test_shipped_suite_file_is_valid(tmp_path):
+    data = compare.read_suite(os.path.join(ROOT, "experiments", "suite.yaml"))
+    names = [e["name"] for e in data["entries"]]
+    assert len(set(names)) == len(names) == 5
+    for e in data["entries"]:
+        comp = compare.make_comparison(str(tmp_path / e["name"]), e["env"], e.get("env_kwargs") or {},
+                                       data["variants"], data["seeds"], e.get("episodes"), e.get("set") or {})
+        assert [v.name for v in comp.variants] == ["ppo", "reinforce", "reinforce:rloo"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"variants": ["ppo"], "entries": [{"name": "t", "env": "TicTacToe-v0",
+                                                                     "episodes": 10, "lr": 1}]}))
+    with pytest.raises(ConfigError, match="unknown key 'lr' in entry 0.*valid keys: name, env"):
+        cli("suite", "--config", bad)
