@@ -10,11 +10,14 @@ CONFIG  ?=
 WANDB   ?= offline
 ARGS    ?=
 DEMOS   ?=
+SEEDS   ?= 5
+ALGOS   ?= ppo reinforce reinforce:rloo
+SUITE   ?= experiments/suite.yaml
 
 TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
 	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: install system-deps test test-slow train pretrain eval help
+.PHONY: install system-deps test test-slow train pretrain eval compare suite help
 
 help:
 	@echo "make install                 system-deps, then create .venv and install rl_vf (editable) with its deps"
@@ -23,6 +26,8 @@ help:
 	@echo "make test-slow               the long learning runs (pytest -m slow)"
 	@echo "make train ENV=.. ALGO=..    train (vars: ENV ALGO SEED EPISODES MODEL OUT CONFIG WANDB ARGS)"
 	@echo "make pretrain ENV=.. DEMOS=N warm-start a policy on the env's demonstrations (vars: ENV SEED MODEL OUT CONFIG ARGS)"
+	@echo "make compare ENV=.. SEEDS=5 ALGOS=\"ppo reinforce:rloo\"  variants x seeds, then a report (vars: EPISODES OUT ARGS)"
+	@echo "make suite [SUITE=experiments/suite.yaml]  several comparisons and a cross-task summary (vars: OUT ARGS)"
 	@echo "make eval CHECKPOINT=DIR     evaluate a checkpoint or run folder (vars: ENV EPISODES ARGS)"
 
 install: system-deps
@@ -45,6 +50,13 @@ train:
 pretrain:
 	$(PY) -m rl_vf pretrain --env $(ENV) --seed $(SEED) --model $(MODEL) $(if $(DEMOS),--demos $(DEMOS)) \
 		$(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+compare:
+	$(PY) -m rl_vf compare --env $(ENV) --seeds $(SEEDS) --algos "$(ALGOS)" --wandb $(WANDB) \
+		$(if $(EPISODES),--episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+suite:
+	$(PY) -m rl_vf suite --config $(SUITE) --wandb $(WANDB) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 eval:
 	$(PY) -m rl_vf eval --checkpoint $(CHECKPOINT) $(if $(filter command line,$(origin ENV)),--env $(ENV)) \

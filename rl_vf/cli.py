@@ -1,4 +1,4 @@
-"""Command line: ``python -m rl_vf train|eval|pretrain`` (also installed as ``rl-vf``)."""
+"""Command line: ``python -m rl_vf train|eval|pretrain|compare|suite`` (also installed as ``rl-vf``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from rl_vf import compare
 from rl_vf.config import ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, load_yaml, make_config
 
 DEFAULTS = TrainConfig()
@@ -87,10 +88,11 @@ def eval_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rl-vf", description="Credit assignment for LM policies: PPO with a value "
                                      "head vs final-outcome REINFORCE on Gymnasium text envs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,pretrain}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,pretrain,compare,suite}")
     train_parser(sub)
     eval_parser(sub)
     pretrain_parser(sub)
+    compare.add_parsers(sub)
     return parser
 
 
@@ -203,7 +205,8 @@ def print_warm_start(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "pretrain": cmd_pretrain}[args.command](args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "pretrain": cmd_pretrain}
+        return commands[args.command](args) if args.command in commands else args.func(args)
     except ConfigError as e:
         print(f"rl-vf: error: {e}", file=sys.stderr)
         return 2

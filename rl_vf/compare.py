@@ -50,8 +50,9 @@ from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, make_
 METRICS = ("eval/success_rate", "eval/return_mean")  # higher is better; summary.json has both
 X_AXES = {"train/episodes": "episodes", "train/env_steps": "env steps",
           "perf/generated_tokens": "generated tokens", "perf/wall_s": "wall time (s)"}
-COMPUTE_KEYS = {"train/episodes": "episodes", "train/env_steps": "env steps", "perf/generated_tokens": "generated tokens",
-                "perf/trained_tokens": "trained tokens", "perf/wall_s": "wall time (s)"}
+COMPUTE_KEYS = {"train/episodes": "episodes", "train/env_steps": "env steps",
+                "perf/generated_tokens": "generated tokens", "perf/trained_tokens": "trained tokens",
+                "perf/wall_s": "wall time (s)"}
 CROSSING_AXES = ("train/episodes", "perf/generated_tokens")
 SMOOTH = 3  # updates in the running mean of the train curve
 GRID_POINTS = 50
@@ -576,8 +577,8 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
                      f"IQM of {eff['best_variant']} (the best variant), where a run's final score is the last point "
                      f"of its smoothed train curve: {train_key} averaged over {SMOOTH} consecutive updates. A run "
                      f"reaches the threshold at the first update where the smoothed curve is >= it; 'never' = "
-                     f"censored. Ratio = median(variant) / median({ref}) over seeds, with 'never' counted as infinitely "
-                     f"late (so the ratio is inf once the variant's median run never gets there).")]
+                     f"censored. Ratio = median(variant) / median({ref}) over seeds, with 'never' counted as "
+                     f"infinitely late (so the ratio is inf once the variant's median run never gets there).")]
     for axis in CROSSING_AXES:
         seeds = sorted({s for v in eff["crossings"][axis] for s in results["seeds"][v]})
         blocks.append(("p", f"{X_AXES[axis].capitalize()} to reach {eff['level']:.3f}:"))
@@ -771,7 +772,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         try:
             comps.append(make_comparison(os.path.join(out, safe_name(e["name"])), e["env"],
                                          e.get("env_kwargs") or {}, data["variants"],
-                                         data.get("seeds", 5), e.get("episodes"), e.get("set") or {}, metric))
+                                         data.get("seeds", 5), e.get("episodes"), e.get("set") or {}, metric,
+                                         wandb=args.wandb))
         except ConfigError as err:
             raise ConfigError(f"suite entry {e['name']!r}: {err}") from None
     jobs = positive_jobs(args.jobs if args.jobs is not None else data.get("jobs"))
@@ -833,4 +835,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: the file's jobs, else os.cpu_count())")
     p.add_argument("--out", metavar="DIR", help="suite folder (default: runs/suite-<time>)")
     p.add_argument("--only", nargs="+", metavar="ENV", help="run only the entries with these names or env ids")
+    p.add_argument("--wandb", default="offline", choices=WANDB_MODES, help="wandb mode of the runs (default: offline)")
     p.set_defaults(func=cmd_suite)

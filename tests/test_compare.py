@@ -9,6 +9,7 @@ import yaml
 
 import tests.toy_env  # noqa: F401  (registers PickThree-v0)
 from rl_vf import compare, stats
+from rl_vf.cli import main
 from rl_vf.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,11 +18,16 @@ TINY = [f"--set={kv}" for kv in ("hidden_size=32", "layers=1", "heads=2", "inter
 
 
 def cli(*argv) -> int:
-    """``rl-vf compare|suite ...`` as rl_vf.cli dispatches it (ConfigError propagates; the CLI maps it to 2)."""
+    """``rl-vf compare|suite ...`` as the parser dispatches it (ConfigError propagates; see test_cli_exit_codes)."""
     parser = argparse.ArgumentParser()
     compare.add_parsers(parser.add_subparsers(required=True))
     args = parser.parse_args([str(a) for a in argv])
     return args.func(args)
+
+
+def test_cli_exit_codes(capsys):
+    assert main(["compare", "--env", "TicTacToe-v0", "--seeds", "1", "--algos", "a2c"]) == 2
+    assert "unknown algo 'a2c'; choose one of: ppo, reinforce" in capsys.readouterr().err
 
 
 def launches(run_dir) -> list[str]:
@@ -169,7 +175,8 @@ def test_failed_run_is_reported_and_the_report_covers_the_others(tmp_path, monke
 
     def failing_launch(comp, variant, seed):
         launched.append((variant.name, seed))
-        (tmp_path / "runs" / variant.folder / f"s{seed}" / "train.log").write_text("Traceback ...\nRuntimeError: boom\n")
+        log = tmp_path / "runs" / variant.folder / f"s{seed}" / "train.log"
+        log.write_text("Traceback ...\nRuntimeError: boom\n")
         return 1, 0.5
 
     monkeypatch.setattr(compare, "launch", failing_launch)
