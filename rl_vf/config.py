@@ -139,8 +139,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 ENV_DEFAULTS: dict[str, dict] = {
     # Episodes are ~4x longer than tic-tac-toe's: a warm start on the solver's games skips learning the
     # rules by trial and error, and smaller batches give more updates in the 15 minutes.
-    "ConnectFour-v0": {"total_episodes": 14_000, "episodes_per_update": 512, "warm_start_demos": 2000,
-                       "warm_start_expert_prob": 1.0},
+    "ConnectFour-v0": {"total_episodes": 14_000, "episodes_per_update": 512, "warm_start_demos": 2000},
 }
 
 
