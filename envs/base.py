@@ -19,12 +19,30 @@ implements `expert_action()` and `legal_actions()`; `demo_action()` mixes the tw
 from __future__ import annotations
 
 import copy
+import math
 from typing import Self
 
 import gymnasium
 import numpy as np
 from gymnasium.spaces import Text
 from gymnasium.utils import seeding
+
+
+def check_choice(name: str, value, choices: tuple) -> None:
+    """Constructor argument check: `value` must be one of `choices` (named in the error)."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {choices}")
+
+
+def check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not valid; it must be an int >= 1")
+
+
+def check_penalty(name: str, value) -> None:
+    """A non-negative finite number (penalties, reward coefficients)."""
+    if not 0.0 <= value < math.inf:  # also rejects NaN
+        raise ValueError(f"{name}={value!r} is not valid; it must be finite and >= 0")
 
 
 def text_space(charset: str, max_length: int, min_length: int = 1) -> Text:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import math
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ import chess.engine
 import chess.gaviota
 from gymnasium.spaces import Text
 
-from envs.base import text_space
+from envs.base import check_choice, check_penalty, check_positive_int, text_space  # noqa: F401 (cc.check_*)
 
 STOCKFISH_PATH = shutil.which("stockfish") or "/usr/games/stockfish"  # Debian puts it in /usr/games
 GAVIOTA_DIR = "/usr/share/gaviotatb/gtb4"  # Debian gaviotatb: 3-piece tables, cp4 (LZMA) scheme
@@ -41,21 +40,6 @@ def spaces() -> tuple[Text, Text]:
     observation_space = text_space(string.ascii_letters + string.digits + " \n.,:()/-+#=", 2048)
     # A move is at most 7 characters ("exd8=Q+", "Qh4xe1#"); UCI promotions are lower case.
     return observation_space, text_space("abcdefgh12345678KQRBNqrbnxO-=+#", max_length=7)
-
-
-def check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {choices}")
-
-
-def check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is not valid; it must be an int >= 1")
-
-
-def check_penalty(name: str, value) -> None:
-    if not 0.0 <= value < math.inf:  # also rejects NaN
-        raise ValueError(f"{name}={value!r} is not valid; it must be finite and >= 0")
 
 
 def agent_color(choice: str, rng) -> chess.Color:

@@ -14,7 +14,7 @@ import string
 import warnings
 from collections.abc import Callable
 
-from envs.base import TextEnv, text_space
+from envs.base import TextEnv, check_choice, text_space
 from envs.sandbox import run_python
 
 SPLITS = ("generated", "humaneval")
@@ -428,19 +428,19 @@ class CodeFunctionEnv(TextEnv):
         allow_unsandboxed: bool = False,
         render_mode: str | None = None,
     ):
-        _check_choice("split", split, SPLITS)
-        _check_choice("difficulty", difficulty, DIFFICULTIES)
+        check_choice("split", split, SPLITS)
+        check_choice("difficulty", difficulty, DIFFICULTIES)
         families = tuple(FAMILIES) if families is None else tuple(families)
         if not families or not set(families) <= set(FAMILIES):
             raise ValueError(
                 f"families={families!r} is not valid; choose some of {tuple(FAMILIES)}"
             )
-        _check_choice("reward", reward, REWARDS)
+        check_choice("reward", reward, REWARDS)
         if not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts={attempts!r} is not valid; it must be an int >= 1")
         if not 0 < timeout_s < math.inf:
             raise ValueError(f"timeout_s={timeout_s!r} is not valid; it must be finite and > 0")
-        _check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
+        check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
         self.split = split
         self.difficulty = difficulty
         self.families = families
@@ -580,8 +580,3 @@ def _shown(text: str) -> str:
     """`text` for feedback: one line of printable ASCII, at most MAX_SHOWN characters."""
     text = "".join(c if c in CHARSET and c != "\n" else "?" for c in text)
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
-
-
-def _check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not valid; choose one of {choices}")

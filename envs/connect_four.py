@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import string
 from functools import lru_cache
 from operator import itemgetter
 
-from envs.base import TextEnv, text_space
+from envs.base import TextEnv, check_choice, check_penalty, text_space
 
 AGENT, OPPONENT, EMPTY = "X", "O", "."
 OPPONENTS = ("random", "heuristic", "solver")
@@ -265,27 +264,16 @@ class ConnectFourEnv(TextEnv):
                 f"connect={connect!r} is not valid; it must be in [2, max(rows, cols)]"
                 f" = [2, {max(rows, cols)}]"
             )
-        if opponent not in OPPONENTS:
-            raise ValueError(f"opponent={opponent!r} is not valid; choose one of {OPPONENTS}")
+        check_choice("opponent", opponent, OPPONENTS)
         self._solvable = rows * cols <= SOLVER_MAX_CELLS
         if opponent == "solver" and not self._solvable:
             raise ValueError(
                 f"opponent='solver' is not valid for a {rows}x{cols} board; it needs at most"
                 f" {SOLVER_MAX_CELLS} cells, else choose one of ('random', 'heuristic')"
             )
-        if first_player not in FIRST_PLAYERS:
-            raise ValueError(
-                f"first_player={first_player!r} is not valid; choose one of {FIRST_PLAYERS}"
-            )
-        if not 0.0 <= invalid_penalty < math.inf:
-            raise ValueError(
-                f"invalid_penalty={invalid_penalty!r} is not valid; it must be finite and >= 0"
-            )
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(
-                f"render_mode={render_mode!r} is not valid; choose one of "
-                f"{(None, *self.metadata['render_modes'])}"
-            )
+        check_choice("first_player", first_player, FIRST_PLAYERS)
+        check_penalty("invalid_penalty", invalid_penalty)
+        check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
         self.opponent = opponent
         self.first_player = first_player
         self.invalid_penalty = float(invalid_penalty)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import string
 from functools import lru_cache
 
-from envs.base import TextEnv, text_space
+from envs.base import TextEnv, check_choice, check_penalty, text_space
 
 AGENT, OPPONENT = "X", "O"
 EMPTY_BOARD = "123456789"  # cells 1-9, row by row; a free cell shows its own number
@@ -131,23 +130,12 @@ class TicTacToeEnv(TextEnv):
         invalid_penalty: float = 2.0,
         render_mode: str | None = None,
     ):
-        if opponent not in OPPONENTS:
-            raise ValueError(f"opponent={opponent!r} is not valid; choose one of {OPPONENTS}")
+        check_choice("opponent", opponent, OPPONENTS)
         if not 0.0 <= epsilon <= 1.0:  # also rejects NaN
             raise ValueError(f"epsilon={epsilon!r} is not valid; it must be in [0, 1]")
-        if first_player not in FIRST_PLAYERS:
-            raise ValueError(
-                f"first_player={first_player!r} is not valid; choose one of {FIRST_PLAYERS}"
-            )
-        if not 0.0 <= invalid_penalty < math.inf:
-            raise ValueError(
-                f"invalid_penalty={invalid_penalty!r} is not valid; it must be finite and >= 0"
-            )
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(
-                f"render_mode={render_mode!r} is not valid; choose one of "
-                f"{(None, *self.metadata['render_modes'])}"
-            )
+        check_choice("first_player", first_player, FIRST_PLAYERS)
+        check_penalty("invalid_penalty", invalid_penalty)
+        check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
         self.opponent = opponent
         self.epsilon = epsilon
         self.first_player = first_player

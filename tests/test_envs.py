@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs
+from envs.connect_four import ConnectFourEnv
 from envs.tictactoe import EMPTY_BOARD, TicTacToeEnv, solve
 
 EMPTY_BOARD_OBS = "123\n456\n789\n"
@@ -188,10 +189,14 @@ def test_info_value_is_ground_truth_against_minimax():
     assert drops > 0
 
 
-def test_clone_continues_identically_and_independently():
-    env = TicTacToeEnv(opponent="random", render_mode="ansi")
+CLONEABLE = [(TicTacToeEnv, "5"), (ConnectFourEnv, "3")]  # (env class, a first move)
+
+
+@pytest.mark.parametrize("make, first", CLONEABLE)
+def test_clone_continues_identically_and_independently(make, first):
+    env = make(opponent="random", render_mode="ansi")
     env.reset(seed=3)
-    *_, info = env.step("5")
+    *_, info = env.step(first)
     action = str(info["legal_moves"][0])
     before = env.render()
     clone = env.clone()
@@ -200,10 +205,11 @@ def test_clone_continues_identically_and_independently():
     assert env.step(action) == from_clone
 
 
-def test_clone_with_seed_reseeds():
-    env = TicTacToeEnv(opponent="random")
+@pytest.mark.parametrize("make, first", CLONEABLE)
+def test_clone_with_seed_reseeds(make, first):
+    env = make(opponent="random")
     env.reset(seed=3)
-    *_, info = env.step("5")
+    *_, info = env.step(first)
     action = str(info["legal_moves"][0])
 
     def next_obs(clone):
