@@ -39,6 +39,14 @@ class Episode:
     invalid: bool = False
     truncated: bool = False  # transcript then ends with the final observation (for the bootstrap)
 
+    def record_step(self, reward: float, info: dict, done: bool) -> None:
+        """An env step's outcome: its reward sits on the last action token (DESIGN.md)."""
+        self.rewards[-1] += float(reward)
+        self.ret += float(reward)
+        self.invalid |= bool(info.get("invalid_action", False))
+        if done:
+            self.success = bool(info.get("success", False))
+
     def extend(self, tokens, is_action: bool, logprobs=None, values=None):
         n = len(tokens)
         self.tokens.extend(tokens)
@@ -179,16 +187,13 @@ class RolloutEngine:
                 text = self._decode_action(tokens)
                 ep.actions.append(text)
                 obs, reward, terminated, truncated, info = env.step(text)
-                ep.rewards[-1] += float(reward)
-                ep.ret += float(reward)
-                ep.invalid |= bool(info.get("invalid_action", False))
+                ep.record_step(reward, info, terminated or truncated)
                 if not (terminated or truncated):
                     obs_tokens = list(self.encode(obs))
                     ep.extend(obs_tokens, is_action=False)
                     pending[b] = tokens[-1:] * unfed + obs_tokens
                     keep.append(b)
                     continue
-                ep.success = bool(info.get("success", False))
                 if truncated and not terminated:
                     ep.truncated = True
                     ep.extend(list(self.encode(obs)), is_action=False)

@@ -36,6 +36,7 @@ def demo_episode(env, seed: int, rng: np.random.Generator, expert_prob: float, t
         return tokenizer.encode(text, add_special_tokens=False)
 
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    stop = stop_token(tokenizer)
     obs, _ = env.reset(seed=seed)
     ep = Episode(seed=seed)
     ep.extend(bos + encode(obs), is_action=False)
@@ -46,15 +47,12 @@ def demo_episode(env, seed: int, rng: np.random.Generator, expert_prob: float, t
             raise ConfigError(f"the demonstrator's action {action!r} is {len(tokens)} tokens, more than "
                               f"max_action_tokens={max_action_tokens}; raise --max-action-tokens")
         if len(tokens) < max_action_tokens:
-            tokens.append(stop_token(tokenizer))
+            tokens.append(stop)
         ep.extend(tokens, is_action=True)
         ep.actions.append(action)
         obs, reward, terminated, truncated, info = env.step(action)
-        ep.rewards[-1] += float(reward)
-        ep.ret += float(reward)
-        ep.invalid |= bool(info.get("invalid_action", False))
+        ep.record_step(reward, info, terminated or truncated)
         if terminated or truncated:
-            ep.success = bool(info.get("success", False))
             return ep
         ep.extend(encode(obs), is_action=False)
 
