@@ -246,22 +246,20 @@ def _random_input(rng, kind: str, hard: bool, nonempty: bool):
 
 
 def _source(steps) -> str:
-    """The reference solution: `def f(x)` applying each (op, k) of `steps` in turn."""
+    """The reference solution: `def f(x)` applying each (op, k) of `steps` in turn, on one line
+    (statements joined by "; "), since a policy's action ends at its first newline (DESIGN.md)."""
     if len(steps) == 1:
         (op, k), = steps
-        return f"def f(x):\n    return {op.expression('x', k)}\n"
+        return f"def f(x): return {op.expression('x', k)}"
     (op, k), (then_op, then_k) = steps
-    return (
-        f"def f(x):\n    y = {op.expression('x', k)}\n"
-        f"    return {then_op.expression('y', then_k)}\n"
-    )
+    return f"def f(x): y = {op.expression('x', k)}; return {then_op.expression('y', then_k)}"
 
 
 def _wrong_solutions(steps) -> tuple[str, ...]:
     """Near misses of the reference: the identity, a changed constant or a related op (of the
     same types, without constant), and for a composition its first op alone."""
     (op, k), *rest = steps
-    variants = ["def f(x):\n    return x\n"]
+    variants = ["def f(x): return x"]
     if isinstance(k, int):
         variants.append(_source([(op, k + 1), *rest]))
     elif k is not None:  # a letter, or a pair of letters
@@ -357,6 +355,9 @@ class CodeFunctionEnv(TextEnv):
     "generated", defines no top-level `f` is an invalid action: reward 0, the episode ends. Any
     `str` is accepted; the declared space is printable ASCII plus newline with max_length 512
     ("generated") or 1024 ("humaneval"), the trainer's default action budget.
+    rl_vf's policies end an action at its first newline, so they write one-line programs
+    (`def f(x): y = x * 9; return y + 30`); the demonstrator (`expert_action`, the reference
+    solution) writes them that way too.
 
     ## Observation Space
     Text (at most 2048 characters): "generated": a stub of `f` whose docstring states the task

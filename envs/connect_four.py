@@ -40,7 +40,7 @@ class Game:
             tuple(tuple(j for j in line if j != i) for line in lines if i in line)
             for i in range(rows * cols)
         )
-        self._order = sorted(range(cols), key=lambda c: abs(2 * c - (cols - 1)))  # centre first
+        self._order = sorted(range(cols), key=self.centre_rank)
         self._mirror = itemgetter(
             *(cell[r, cols - 1 - c] for c in range(cols) for r in range(rows))
         )
@@ -58,6 +58,10 @@ class Game:
 
     def __deepcopy__(self, memo) -> Game:
         return self  # immutable rules plus a shared cache
+
+    def centre_rank(self, col: int) -> tuple[int, int]:
+        """Sort key: columns nearest the centre first, the left one of a tied pair first."""
+        return abs(2 * col - (self.cols - 1)), col
 
     def legal_columns(self, board: str) -> tuple[int, ...]:
         return tuple(c for c in range(self.cols) if board[c * self.rows + self.rows - 1] == EMPTY)
@@ -318,15 +322,18 @@ class ConnectFourEnv(TextEnv):
         return self._observation(), 0.0, False, False, self._info()
 
     def expert_action(self, rng) -> str:
-        """A uniformly chosen optimal move (the solver), one that wins at once if there is one (the
-        solver does not prefer quick wins; demonstrations should not dawdle); the heuristic's
-        move on boards too large to solve."""
+        """One move, the same for the same board, so a small policy can imitate it exactly: a move
+        that wins at once if there is one, else the solver's optimal move nearest the centre; in
+        a lost position (where every move is "optimal") the heuristic's block, so the expert
+        still fights a fallible opponent. Boards too large to solve use the heuristic alone.
+        `rng` is unused: ties are broken by the centre-first order, not at random."""
+        g, board = self._game, self._board
+        moves = g.heuristic_moves(board, AGENT)
         if self._solvable:
-            moves = self._game.solve(self._board, AGENT)[1]
-            moves = [c for c in self._game.winning_columns(self._board, AGENT) if c in moves] or moves
-        else:
-            moves = self._game.heuristic_moves(self._board, AGENT)
-        return str(moves[int(rng.integers(len(moves)))] + 1)
+            value, optimal = g.solve(board, AGENT)
+            if value > -1:
+                moves = [c for c in g.winning_columns(board, AGENT) if c in optimal] or optimal
+        return str(min(moves, key=g.centre_rank) + 1)
 
     def legal_actions(self) -> list[str]:
         return [str(c + 1) for c in self._game.legal_columns(self._board)]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m rl_vf train|eval|pretrain|compare|suite`` (also installed as ``rl-vf``)."""
+"""Command line: ``python -m rl_vf train|eval|diagnose|pretrain|compare|suite`` (also installed as ``rl-vf``)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from typing import NamedTuple
 
 from rl_vf import compare
 from rl_vf.config import ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, load_yaml, make_config
@@ -85,12 +86,43 @@ def eval_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
 
 
+def diagnose_parser(sub) -> None:
+    p = sub.add_parser(
+        "diagnose", help="value-function diagnostics of a checkpoint",
+        description="Play held-out episodes with a saved policy and check its value head: calibration, "
+                    "Monte-Carlo ground truth from K continuations of sampled mid-episode states, the critic's "
+                    "ranking of M actions, early failure detection, and per-token advantage maps (README "
+                    "\"Value diagnostics\"). Prints the value/* metrics as JSON; writes advantages.html, "
+                    "advantages.png and diagnostics.json (every per-position array) to --out.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a checkpoint folder (checkpoints/final, checkpoints/update_N) or a run folder (uses final)")
+    p.add_argument("--env", help="env id (default: the env of the run the checkpoint came from)")
+    p.add_argument("--env-kwargs", default=None, metavar="JSON", help="env keyword arguments (default: the run's)")
+    p.add_argument("--episodes", type=int, default=None, metavar="N",
+                   help=f"held-out episodes (default: the run's diag_episodes, else {DEFAULTS.diag_episodes})")
+    p.add_argument("--states", type=int, default=None, metavar="N",
+                   help="mid-episode states valued by Monte Carlo "
+                        f"(default: the run's diag_states, else {DEFAULTS.diag_states})")
+    p.add_argument("--rollouts", type=int, default=None, metavar="K",
+                   help="continuations per state and per action "
+                        f"(default: the run's diag_rollouts, else {DEFAULTS.diag_rollouts})")
+    p.add_argument("--actions", type=int, default=None, metavar="M",
+                   help="distinct actions ranked per state "
+                        f"(default: the run's diag_actions, else {DEFAULTS.diag_actions})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out episodes and sampling (default: 0)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: CHECKPOINT/diagnostics)")
+    p.add_argument("--max-action-tokens", type=int, default=None, help="default: the run's")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rl-vf", description="Credit assignment for LM policies: PPO with a value "
                                      "head vs final-outcome REINFORCE on Gymnasium text envs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,pretrain,compare,suite}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,diagnose,pretrain,compare,suite}")
     train_parser(sub)
     eval_parser(sub)
+    diagnose_parser(sub)
     pretrain_parser(sub)
     compare.add_parsers(sub)
     return parser
@@ -154,8 +186,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from rl_vf.trainer import evaluate, open_env, policy_for_env, resolve_device, success_ci
+class Checkpoint(NamedTuple):
+    path: str
+    run: TrainConfig  # the config of the run it came from (defaults if there is none)
+    env: str
+    env_info: object  # trainer.EnvInfo
+    policy: object
+    tokenizer: object
+    device: object
+    max_action_tokens: int
+
+
+def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
+    """The policy of ``--checkpoint`` (a checkpoint or run folder) on ``--device``, for ``--env`` and
+    ``--env-kwargs``; the run's config.yaml gives the defaults, also of ``--max-action-tokens``."""
+    from rl_vf.trainer import open_env, policy_for_env, resolve_device
 
     path = args.checkpoint
     if os.path.isdir(os.path.join(path, "checkpoints", "final")):
@@ -167,16 +212,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env = args.env or run.env
     env_kwargs = coerce("env_kwargs", args.env_kwargs) if args.env_kwargs is not None else (
         run.env_kwargs if env == run.env else {})
-    if args.episodes < 1:
-        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     device = resolve_device(args.device)
     env_info = open_env(env, env_kwargs)
     policy, tokenizer = policy_for_env(path, run, env_info)
-    greedy = run.eval_greedy if args.greedy is None else args.greedy
-    metrics, _ = evaluate(policy.to(device), tokenizer, env_info.make, args.episodes, args.seed, greedy,
-                          run.num_envs, args.max_action_tokens or run.max_action_tokens or env_info.action_tokens, device)
-    print(json.dumps({"checkpoint": path, "env": env, "greedy": greedy, "eval/episodes": args.episodes, **metrics,
+    return Checkpoint(path, run, env, env_info, policy.to(device), tokenizer, device,
+                      args.max_action_tokens or run.max_action_tokens or env_info.action_tokens)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rl_vf.trainer import evaluate, success_ci
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
+    c = open_checkpoint(args)
+    greedy = c.run.eval_greedy if args.greedy is None else args.greedy
+    metrics, _ = evaluate(c.policy, c.tokenizer, c.env_info.make, args.episodes, args.seed, greedy, c.run.num_envs,
+                          c.max_action_tokens, c.device, c.run.env_threads)
+    print(json.dumps({"checkpoint": c.path, "env": c.env, "greedy": greedy, "eval/episodes": args.episodes, **metrics,
                       **success_ci(metrics, args.episodes)}, indent=2))
+    return 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from rl_vf import diagnostics
+    from rl_vf.algos import ALGOS
+
+    c = open_checkpoint(args)
+    overrides = {"diag_episodes": args.episodes, "diag_states": args.states, "diag_rollouts": args.rollouts,
+                 "diag_actions": args.actions}
+    cfg = dataclasses.replace(c.run, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None}).validate()
+    if not ALGOS[cfg.algo].USES_CRITIC:
+        print(f"note: this policy was trained with {cfg.algo}, which does not train the value head", file=sys.stderr)
+    report = diagnostics.diagnose(c.policy, c.tokenizer, c.env_info.make, cfg, torch.Generator(device=c.device).manual_seed(args.seed),
+                                  c.max_action_tokens, c.device)
+    out = args.out or os.path.join(c.path, "diagnostics")
+    diagnostics.write_maps(report, out)
+    row = {"checkpoint": c.path, "env": c.env, **diagnostics.report_row(report)}
+    with open(os.path.join(out, "diagnostics.json"), "w") as f:
+        json.dump(row, f, indent=1)
+    print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (list, dict))}, indent=2))
+    print(f"maps and per-position arrays: {out}", file=sys.stderr)
     return 0
 
 
@@ -205,7 +284,7 @@ def print_warm_start(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"train": cmd_train, "eval": cmd_eval, "pretrain": cmd_pretrain}
+        commands = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose, "pretrain": cmd_pretrain}
         return commands[args.command](args) if args.command in commands else args.func(args)
     except ConfigError as e:
         print(f"rl-vf: error: {e}", file=sys.stderr)

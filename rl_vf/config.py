@@ -18,7 +18,9 @@ from rl_vf.algos import ALGOS
 
 WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "linear")
+CRITICS = ("shared", "separate")
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,8 @@ class TrainConfig:
     wandb_group: str = doc("wandb group (compare puts the runs of one comparison in one group)", "")
     wandb_job_type: str = doc("wandb job_type (compare sets the variant name)", "")
     device: str = doc(f"{' | '.join(DEVICES)}", "auto")
+    precision: str = doc(f"{' | '.join(PRECISIONS)}: bf16 autocasts the transformer's matmuls (logits, values and "
+                         "losses stay fp32); auto is bf16 on CUDA, fp32 on the CPU", "auto")
     threads: int = doc("torch CPU threads (0: torch's default)", 0)
     # Built-in model size (model=tiny only).
     hidden_size: int = doc("tiny model: hidden size", 64)
@@ -54,13 +58,23 @@ class TrainConfig:
     # Rollouts.
     episodes_per_update: int = doc("episodes collected per policy update", 1024)
     num_envs: int = doc("envs played in parallel (rows of the rollout batch)", 256)
+    env_threads: int = doc("threads stepping the envs (>1 helps envs whose step waits on a subprocess, e.g. "
+                           "CodeFunction's sandbox; pure-Python envs gain nothing)", 1)
     max_action_tokens: int = doc("an action ends at a newline, EOS or this many tokens (0: the env's Text action "
                                  "space max_length, or 64)", 0)
     constrain_actions: bool = doc("sample only stop tokens and tokens spelled with the env's action-space characters", True)
     group_size: int = doc("K episodes per initial state (needed >= 2 by baselines rloo and group)", 1)
     # Credit assignment.
     gamma: float = doc("discount, applied once per env step (turn), never per token", 1.0)
-    lam: float = doc("GAE lambda (ppo)", 0.95)
+    lam: float = doc("GAE lambda (ppo): of the actor's advantages, and of the value targets unless lam_critic is "
+                     "set", 0.95)
+    lam_critic: float | None = doc("GAE lambda of the value targets (ppo; decoupled GAE as in VC-PPO/VAPO, e.g. 1.0: "
+                                   "unbiased Monte-Carlo targets); none: the same as lam", None)
+    critic: str = doc("ppo value function: shared (a value head on the policy LM's trunk) | separate (a second model "
+                      "of the same architecture with its own value head, starting as a copy of the policy's; saved in "
+                      "checkpoints/*/critic/; each trained token then counts twice in perf/trained_tokens)", "shared")
+    critic_warmup_updates: int = doc("ppo: the first N updates train only the value function (no policy gradient, "
+                                     "entropy or KL; the policy LM stays as it is); their episodes count", 0)
     baseline: str = doc(f"REINFORCE baseline: {' | '.join(BASELINES)}", "mean")
     normalize_advantages: bool = doc("whiten advantages over the batch's action tokens", True)
     # Optimisation (shared by both algorithms: they differ only in the advantages).
@@ -71,7 +85,7 @@ class TrainConfig:
     clip: float = doc("PPO ratio clip epsilon", 0.2)
     vf_clip: float = doc("value clip around the old values (0 disables)", 0.2)
     vf_coef: float = doc("value loss weight (ppo)", 0.5)
-    ent_coef: float = doc("entropy bonus weight", 0.02)
+    ent_coef: float = doc("entropy bonus weight", 0.01)
     kl_coef: float = doc("KL penalty to the frozen initial policy (0 disables)", 0.0)
     target_kl: float = doc("stop an update's epochs early once approx_kl exceeds this (0 disables)", 0.0)
     max_grad_norm: float = doc("gradient norm clip", 1.0)
@@ -89,17 +103,34 @@ class TrainConfig:
     eval_samples: int = doc("eval transcripts saved to eval_samples.jsonl", 8)
     checkpoint_every: int = doc("save a checkpoint every N updates (and at the end)", 50)
     keep_checkpoints: int = doc("update checkpoints kept on disk (newest first)", 2)
+    # Value diagnostics (ppo; rl_vf/diagnostics.py, README "Value diagnostics").
+    diag_every: int = doc("run the value diagnostics every N updates (ppo only; 0 disables)", 50)
+    diag_episodes: int = doc("held-out episodes per diagnostics pass (calibration, failure AUROC, advantage maps)", 256)
+    diag_states: int = doc("mid-episode states per pass whose value is checked against Monte-Carlo continuations", 32)
+    diag_rollouts: int = doc("K: continuations per state, and per action, for a Monte-Carlo value", 8)
+    diag_actions: int = doc("M: distinct actions per state whose critic ordering is scored against Monte Carlo", 4)
+    diag_drop_threshold: float = doc("the critic notices a decisive mistake once its value is below "
+                                     "loss + this x (win - loss), in the env's exact values", 0.5)
 
     def validate(self) -> "TrainConfig":
         choice(self.algo, ALGOS, "algo")
         choice(self.baseline, BASELINES, "baseline")
         choice(self.wandb, WANDB_MODES, "wandb")
         choice(self.device, DEVICES, "device")
+        choice(self.precision, PRECISIONS, "precision")
         choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
+        choice(self.critic, CRITICS, "critic")
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
-                     "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size", "warm_start_epochs"):
+                     "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size", "warm_start_epochs",
+                     "diag_episodes", "diag_states", "diag_rollouts", "env_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.diag_every < 0:
+            raise ConfigError(f"diag_every must be >= 0 (0 disables the value diagnostics), got {self.diag_every}")
+        if self.diag_actions < 2:
+            raise ConfigError(f"diag_actions must be >= 2 (actions are ranked in pairs), got {self.diag_actions}")
+        if not 0.0 <= self.diag_drop_threshold <= 1.0:
+            raise ConfigError(f"diag_drop_threshold must be in [0, 1], got {self.diag_drop_threshold}")
         if self.warm_start_demos < 0:
             raise ConfigError(f"warm_start_demos must be >= 0 (0 = no warm start), got {self.warm_start_demos}")
         if not 0.0 <= self.warm_start_expert_prob <= 1.0:
@@ -109,6 +140,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ConfigError(f"gamma and lam must be in [0, 1], got gamma={self.gamma}, lam={self.lam}")
+        if self.lam_critic is not None and not 0 <= self.lam_critic <= 1:
+            raise ConfigError(f"lam_critic must be in [0, 1] (or none: the same as lam), got {self.lam_critic}")
+        if self.critic_warmup_updates < 0:
+            raise ConfigError(f"critic_warmup_updates must be >= 0 (0 = no warm-up), got {self.critic_warmup_updates}")
+        if not ALGOS[self.algo].USES_CRITIC and (self.critic != "shared" or self.critic_warmup_updates):
+            raise ConfigError(f"critic={self.critic!r} and critic_warmup_updates={self.critic_warmup_updates} need a "
+                              f"value function; algo {self.algo!r} has none (use ppo, or the defaults)")
         if self.algo == "reinforce" and self.baseline in ("rloo", "group") and self.group_size < 2:
             raise ConfigError(f"baseline {self.baseline!r} needs group_size >= 2 (K episodes per initial state), "
                               f"got {self.group_size}")
@@ -140,6 +178,16 @@ ENV_DEFAULTS: dict[str, dict] = {
     # Episodes are ~4x longer than tic-tac-toe's: a warm start on the solver's games skips learning the
     # rules by trial and error, and smaller batches give more updates in the 15 minutes.
     "ConnectFour-v0": {"total_episodes": 14_000, "episodes_per_update": 512, "warm_start_demos": 2000},
+    # A tiny model does not discover carries by trial and error; 2000 worked examples (20% with an
+    # off-by-one step or answer) teach the format and most of the addition, RL the rest. At lr 1e-3
+    # the first update undoes the warm start (approx KL 1.0; REINFORCE never recovered); 3e-4 keeps it.
+    "Arithmetic-v0": {"warm_start_demos": 2000, "lr": 3e-4},
+    # Every episode runs its program in a fresh sandbox (~35 ms, threads run 8 side by side): fewer,
+    # smaller updates after a warm start on the reference solutions, which are one line of at most
+    # ~90 characters (128 tokens instead of the action space's 512 stops runaway samples early).
+    # lr 1e-3 undid the warm start here too (greedy success 0.59 -> 0.34, 62% invalid programs).
+    "CodeFunction-v0": {"total_episodes": 6000, "episodes_per_update": 256, "warm_start_demos": 2000,
+                        "env_threads": 8, "max_action_tokens": 128, "lr": 3e-4},
 }
 
 
@@ -155,6 +203,8 @@ def coerce(name: str, value):
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping, got {value!r}")
         return value
+    if kind == "float | None" and (value is None or str(value).strip().lower() in ("none", "null", "")):
+        return None
     if kind == "bool":
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -167,7 +217,7 @@ def coerce(name: str, value):
             if not number.is_integer():
                 raise ValueError
             return int(number)
-        if kind == "float":
+        if kind in ("float", "float | None"):
             return float(value)
         return str(value)
     except (TypeError, ValueError):

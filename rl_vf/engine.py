@@ -9,25 +9,29 @@ over the cache columns, so rows of different lengths never see each other's padd
 row is refilled with a new episode by masking out its old columns and restarting its positions
 at 0; columns dead in every row are compacted away, so the cache stays about one episode long.
 The token-level contract (masks, reward placement) is in DESIGN.md.
+
+An episode starts from a reset seed, or mid-way from a ``Start`` (an env already in some state and
+the transcript that led there), which is how value diagnostics branch Monte-Carlo continuations.
 """
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Sequence
 
 import gymnasium as gym
 import torch
-from transformers import DynamicCache
 
-from rl_vf.policy import Policy
+from rl_vf.policy import Policy, PolicyCache
 
 
 @dataclass
 class Episode:
     """One finished episode's transcript; per-token lists are aligned with ``tokens``."""
 
-    seed: int
+    seed: int | None  # None: started from a ``Start``, not a reset
     tokens: list[int] = field(default_factory=list)
     action_mask: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
@@ -38,6 +42,9 @@ class Episode:
     success: bool = False
     invalid: bool = False
     truncated: bool = False  # transcript then ends with the final observation (for the bootstrap)
+    # info["value"] (the env's exact value, where it has one) of every state the episode passed
+    # through: the first state, then the state after each step; NaN where the env reports none.
+    true_values: list[float] = field(default_factory=list)
 
     def record_step(self, reward: float, info: dict, done: bool) -> None:
         """An env step's outcome: its reward sits on the last action token (DESIGN.md)."""
@@ -54,6 +61,22 @@ class Episode:
         self.rewards.extend([0.0] * n)
         self.logprobs.extend(logprobs if logprobs is not None else [0.0] * n)
         self.values.extend(values if values is not None else [0.0] * n)
+
+
+def true_value(info: dict) -> float:
+    """The env's exact value of the state it just reached (envs/base.py), NaN if it has none."""
+    return float(info.get("value", math.nan))
+
+
+@dataclass
+class Start:
+    """An episode that begins mid-way: ``env`` is already in the state to play from (e.g. a clone of
+    a replayed env) and ``tokens`` is the transcript that led there (BOS, observations and actions,
+    ending with the current observation). In the returned Episode these tokens are its prompt
+    (action_mask 0) and ``ret`` counts only the rewards from this state on. The caller owns ``env``."""
+
+    env: gym.Env
+    tokens: list[int]
 
 
 @dataclass
@@ -135,35 +158,57 @@ class RolloutEngine:
         num_envs: int,
         max_action_tokens: int,
         device: torch.device | str = "cpu",
+        sync_every: int | None = None,
+        env_threads: int = 1,
     ):
         self.policy = policy
         self.tokenizer = tokenizer
         self.envs = [make_env() for _ in range(num_envs)]
         self.max_action_tokens = max_action_tokens
         self.device = torch.device(device)
+        # Checking "has every row stopped?" reads a device tensor on the host. That stalls a GPU's
+        # queue of kernels, so there it is done every 8 tokens (rows that stopped decode padding in
+        # between); on the CPU it costs nothing, so every token.
+        self.sync_every = sync_every or (1 if self.device.type == "cpu" else 8)
         self.stop = stop_token_mask(tokenizer).to(self.device)
         self.pad_id = tokenizer.pad_token_id
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         # Observations repeat a lot (board positions): tokenise each distinct text once.
         self.encode = lru_cache(maxsize=1 << 16)(lambda text: tuple(tokenizer.encode(text, add_special_tokens=False)))
         self.tokens_generated = 0
+        # Envs whose step waits on a subprocess (CodeFunction's sandbox) step side by side in threads;
+        # a pure-Python env gains nothing from threads (the GIL), so 1 steps them in turn.
+        self.pool = ThreadPoolExecutor(env_threads) if env_threads > 1 else None
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _step(self, envs: list[gym.Env], texts: list[str]) -> list[tuple]:
+        """``env.step(text)`` for each pair, in order."""
+        if self.pool is None:
+            return [env.step(text) for env, text in zip(envs, texts)]
+        return list(self.pool.map(lambda env, text: env.step(text), envs, texts))
 
     def _decode_action(self, tokens: list[int]) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return text.split("\n", 1)[0]
 
     @torch.no_grad()
-    def collect(self, seeds: list[int], generator: torch.Generator, greedy: bool = False) -> list[Episode]:
-        """Play ``len(seeds)`` episodes (episode i resets with ``seeds[i]``); returns them in order."""
-        n = len(seeds)
+    def collect(self, starts: Sequence[int | Start], generator: torch.Generator, greedy: bool = False) -> list[Episode]:
+        """Play ``len(starts)`` episodes; returns them in order. Episode i resets one of the engine's
+        envs with seed ``starts[i]``, or, for a ``Start``, plays on from its env and tokens."""
+        n = len(starts)
         episodes: list[Episode | None] = [None] * n
-        envs = self.envs[: min(len(self.envs), n)]
+        own = self.envs[: min(len(self.envs), n)]  # each row's own env, for episodes that start from a seed
+        envs = list(own)  # the env each row is playing
         row_episode = list(range(len(envs)))  # which episode each row is playing
-        pending = [self._start(episodes, i, envs[i], seeds[i]) for i in row_episode]  # tokens not yet cached
+        pending = []  # each row's tokens not yet cached
+        for b in row_episode:
+            envs[b], tokens = self._start(episodes, b, starts[b], own[b])
+            pending.append(tokens)
         next_episode = len(envs)
         kv = _RowCache(self.policy, len(envs), self.device)
 
@@ -179,15 +224,16 @@ class RolloutEngine:
             action = self._decode(kv, logits[rows, lens - 1], values[rows, lens - 1], generator, greedy)
 
             # Step the envs; refill finished rows, or drop them once every episode has started.
+            texts = [self._decode_action(tokens) for tokens, *_ in action]
+            results = self._step(envs, texts)
             keep, fresh = [], []
-            for b, env in enumerate(envs):
+            for b, (obs, reward, terminated, truncated, info) in enumerate(results):
                 tokens, logprobs, values_b, unfed = action[b]
                 ep = episodes[row_episode[b]]
                 ep.extend(tokens, is_action=True, logprobs=logprobs, values=values_b)
-                text = self._decode_action(tokens)
-                ep.actions.append(text)
-                obs, reward, terminated, truncated, info = env.step(text)
+                ep.actions.append(texts[b])
                 ep.record_step(reward, info, terminated or truncated)
+                ep.true_values.append(true_value(info))
                 if not (terminated or truncated):
                     obs_tokens = list(self.encode(obs))
                     ep.extend(obs_tokens, is_action=False)
@@ -198,26 +244,31 @@ class RolloutEngine:
                     ep.truncated = True
                     ep.extend(list(self.encode(obs)), is_action=False)
                 if next_episode < n:
-                    pending[b] = self._start(episodes, next_episode, env, seeds[next_episode])
+                    envs[b], pending[b] = self._start(episodes, next_episode, starts[next_episode], own[b])
                     row_episode[b] = next_episode
                     next_episode += 1
                     keep.append(b)
                     fresh.append(b)
             kv.restart(fresh)
             if len(keep) < len(envs):
-                envs = [envs[b] for b in keep]
+                envs, own = [envs[b] for b in keep], [own[b] for b in keep]
                 row_episode = [row_episode[b] for b in keep]
                 pending = [pending[b] for b in keep]
                 kv.select(keep)
         return episodes
 
-    def _start(self, episodes: list, i: int, env: gym.Env, seed: int) -> list[int]:
-        """Reset ``env`` for episode i; returns its first tokens (BOS + observation)."""
-        obs, _ = env.reset(seed=seed)
-        episodes[i] = Episode(seed=seed)
-        tokens = self.bos + list(self.encode(obs))
+    def _start(self, episodes: list, i: int, start: int | Start, own: gym.Env) -> tuple[gym.Env, list[int]]:
+        """Begin episode i: reset ``own`` with a seed, or take a Start's env. Returns the env to play
+        and the episode's first tokens (BOS + observation, or the Start's transcript)."""
+        if isinstance(start, Start):
+            env, tokens, seed, value = start.env, list(start.tokens), None, math.nan
+        else:
+            env, seed = own, start
+            obs, info = env.reset(seed=seed)
+            tokens, value = self.bos + list(self.encode(obs)), true_value(info)
+        episodes[i] = Episode(seed=seed, true_values=[value])
         episodes[i].extend(tokens, is_action=False)
-        return tokens
+        return env, tokens
 
     def _decode(self, kv: "_RowCache", logits, values, generator, greedy) -> list[tuple]:
         """Sample one action per row until a stop token or the budget.
@@ -239,7 +290,9 @@ class RolloutEngine:
             steps_v.append(values)
             steps_live.append(live)
             still = live & ~self.stop[tok]
-            if step == self.max_action_tokens - 1 or not bool(still.any()):
+            if step == self.max_action_tokens - 1:
+                break
+            if (step + 1) % self.sync_every == 0 and not bool(still.any()):
                 break
             logits, values = kv.forward(tok[:, None], live[:, None])
             logits, values = logits[:, 0], values[:, 0]
@@ -253,11 +306,12 @@ class RolloutEngine:
 
 
 class _RowCache:
-    """One KV cache shared by rows that each keep their own positions and attention columns."""
+    """One KV cache shared by rows that each keep their own positions and attention columns (with a
+    separate critic: the policy's and the critic's caches, kept in step)."""
 
     def __init__(self, policy: Policy, rows: int, device: torch.device):
         self.policy = policy
-        self.cache = DynamicCache()
+        self.cache = policy.new_cache()
         self.attn = torch.zeros(rows, 0, dtype=torch.bool, device=device)  # which cache columns each row sees
         self.pos = torch.zeros(rows, dtype=torch.long, device=device)  # next position id of each row
 
@@ -285,7 +339,7 @@ class _RowCache:
             self.cache.batch_select_indices(idx)
 
 
-def _compact(attn: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, DynamicCache]:
+def _compact(attn: torch.Tensor, cache: PolicyCache) -> tuple[torch.Tensor, PolicyCache]:
     """Drop cache columns that no row attends to any more, once they are half the cache.
 
     Each row's live columns move left in order (a stable sort on "dead"), so positions, keys and

@@ -1,23 +1,27 @@
-"""Policy = a Hugging Face causal LM plus a linear value head on its last hidden state.
+"""Policy = a Hugging Face causal LM plus a linear value head on its last hidden state, or on the
+last hidden state of a separate critic (``Critic``: a trunk of its own, the policy's architecture).
 
-``Policy.forward`` runs the LM trunk once and returns next-token logits and a value for every
-position; the engine (cached, incremental) and the trainer (full recompute) share it, so the two
-read logprobs and values the same way. Checkpoints use the ``save_pretrained`` layout, with the
-value head in ``value_head.safetensors`` beside the LM weights.
+``Policy.forward`` runs the LM trunk (and the critic's, if any) once and returns next-token logits
+and a value for every position; the engine (cached, incremental) and the trainer (full recompute)
+share it, so the two read logprobs and values the same way. Checkpoints use the ``save_pretrained``
+layout, with the value head in ``value_head.safetensors`` beside the LM weights and a separate critic
+in the ``critic/`` subfolder (its trunk and value head, in the same layout).
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from rl_vf.tokenizer import DEFAULT_CHARS, char_tokenizer
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+CRITIC_DIR = "critic"  # a separate critic's folder inside a checkpoint
 TINY = "tiny"  # --model value that builds the built-in model from config
 
 
@@ -32,42 +36,131 @@ class TinyConfig:
     max_positions: int = 4096  # RoPE: no parameters; only a long chess game needs this many
 
 
+def zero_value_head(hidden_size: int) -> nn.Linear:
+    """A value head that starts at V = 0 everywhere."""
+    head = nn.Linear(hidden_size, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def head_values(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """(B, T) float values of a value head on (B, T, H) hidden states."""
+    return head(hidden).squeeze(-1).float()
+
+
+def save_value_head(head: nn.Linear, path: str) -> None:
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(path, VALUE_HEAD_FILE))
+
+
+class Critic(nn.Module):
+    """A separate value model: a transformer trunk of its own (no LM head) and a linear value head,
+    so the value loss never reaches the policy LM and the policy loss never reaches the critic."""
+
+    def __init__(self, trunk: nn.Module, value_head: nn.Linear):
+        super().__init__()
+        self.trunk = trunk
+        self.value_head = value_head
+
+    @classmethod
+    def copy_of(cls, policy: "Policy") -> "Critic":
+        """A critic that starts as the policy's own value function: copies of its trunk and value head
+        (the same architecture and, for a pretrained model, the same weights)."""
+        return cls(copy.deepcopy(policy.lm.base_model), copy.deepcopy(policy.value_head))
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "Critic":
+        trunk = AutoModel.from_pretrained(path, dtype=torch.float32)
+        head = zero_value_head(trunk.config.hidden_size)
+        head.load_state_dict(load_file(os.path.join(path, VALUE_HEAD_FILE)))
+        return cls(trunk, head)
+
+    def save_pretrained(self, path: str) -> None:
+        self.trunk.save_pretrained(path)
+        save_value_head(self.value_head, path)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+        """Returns ``(values (B, T), past_key_values)``; position t's value scores the state after token t."""
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, use_cache=use_cache)
+        return head_values(self.value_head, out.last_hidden_state), out.past_key_values
+
+
+class PolicyCache:
+    """The KV caches of one batch of rows: the policy LM's and, with a separate critic, the critic's.
+
+    Both always hold the same rows and columns: ``layers`` lists the layers of both, so the engine
+    compacts columns of both alike, and ``batch_select_indices`` keeps the same rows in both.
+    """
+
+    def __init__(self, with_critic: bool):
+        self.lm = DynamicCache()
+        self.critic = DynamicCache() if with_critic else None
+
+    @property
+    def layers(self) -> list:
+        return [*self.lm.layers, *(self.critic.layers if self.critic is not None else [])]
+
+    def batch_select_indices(self, idx: torch.Tensor) -> None:
+        self.lm.batch_select_indices(idx)
+        if self.critic is not None:
+            self.critic.batch_select_indices(idx)
+
+
 class Policy(nn.Module):
-    def __init__(self, lm: nn.Module, value_head: nn.Linear | None = None):
+    def __init__(self, lm: nn.Module, value_head: nn.Linear | None = None, critic: Critic | None = None):
         super().__init__()
         self.lm = lm
-        hidden = lm.config.hidden_size
-        if value_head is None:
-            value_head = nn.Linear(hidden, 1)
-            nn.init.zeros_(value_head.weight)
-            nn.init.zeros_(value_head.bias)
-        self.value_head = value_head
+        self.value_head = value_head if value_head is not None else zero_value_head(lm.config.hidden_size)
+        # With a separate critic its values replace the value head's, which then goes unused.
+        self.register_module("critic", critic)
         # (V,) bool of tokens the policy may emit in an action (see action_token_mask); None: all.
         self.register_buffer("allowed_tokens", None, persistent=False)
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 (config precision); None: fp32
+
+    def autocast(self, device: torch.device):
+        """The mixed-precision context of every forward pass (disabled when ``autocast_dtype`` is None)."""
+        return torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
+                              enabled=self.autocast_dtype is not None)
 
     @property
     def config(self):
         return self.lm.config
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+    def new_cache(self) -> PolicyCache:
+        """An empty KV cache for incremental ``forward`` calls (the engine's)."""
+        return PolicyCache(with_critic=self.critic is not None)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values: PolicyCache | None = None,
+                use_cache=False):
         """Returns ``(logits (B, T, V), values (B, T), past_key_values)``.
 
         Position t's logits and value are those of the state after token t, i.e. they predict
-        and score token t + 1.
+        and score token t + 1. ``past_key_values`` (from ``new_cache``) is extended in place.
         """
-        out = self.lm.base_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
-        hidden = out.last_hidden_state
-        logits = self.lm.get_output_embeddings()(hidden).float()
+        if use_cache and past_key_values is None:
+            past_key_values = self.new_cache()
+        lm_cache = past_key_values.lm if past_key_values is not None else None
+        critic_cache = past_key_values.critic if past_key_values is not None else None
+        with self.autocast(input_ids.device):
+            out = self.lm.base_model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=lm_cache,
+                use_cache=use_cache,
+            )
+            hidden = out.last_hidden_state
+            logits = self.lm.get_output_embeddings()(hidden).float()
+            if self.critic is None:
+                values = head_values(self.value_head, hidden)
+            else:
+                values, critic_cache = self.critic(input_ids, attention_mask, position_ids, critic_cache, use_cache)
         if self.allowed_tokens is not None:
             logits = logits.masked_fill(~self.allowed_tokens, float("-inf"))
-        values = self.value_head(hidden).squeeze(-1).float()
-        return logits, values, out.past_key_values
+        if past_key_values is not None:
+            past_key_values.lm, past_key_values.critic = out.past_key_values, critic_cache
+        return logits, values, past_key_values
 
     def score(self, tokens: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False) -> dict:
         """Full-transcript recompute, aligned with ``tokens``: entry t scores token t.
@@ -83,22 +176,47 @@ class Policy(nn.Module):
         # Observation tokens outside the allowed action tokens score -inf; they carry no
         # gradient, but -inf would turn into NaN in masked sums, so zero them here.
         token_logp = torch.where(torch.isfinite(token_logp), token_logp, 0.0)
-        out = {
-            "logprobs": torch.cat([zero, token_logp], 1),
-            "values": torch.cat([zero, values[:, :-1]], 1),
-            "next_value": values,
-        }
+        out = {"logprobs": torch.cat([zero, token_logp], 1), **aligned_values(values)}
         if with_entropy:
             # Tokens masked to -inf have p = 0; where() keeps 0 * -inf (and its gradient) out.
             p = logp.exp()
             out["entropy"] = torch.cat([zero, -(p * torch.where(p > 0, logp, 0.0)).sum(-1)], 1)
         return out
 
+    def score_values(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        """``values`` and ``next_value`` as ``score`` gives them, with no gradient into the policy LM
+        (critic warm-up): the separate critic alone, or the value head on a shared trunk run without
+        gradient."""
+        with self.autocast(tokens.device):
+            if self.critic is not None:
+                values, _ = self.critic(tokens, attention_mask=attention_mask)
+                return aligned_values(values)
+            with torch.no_grad():
+                hidden = self.lm.base_model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
+            return aligned_values(head_values(self.value_head, hidden))
+
+    def parameter_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters of each separately trained network, each clipped to its own gradient norm:
+        one group with a shared trunk; the policy (LM and its unused value head) and the critic apart,
+        so that neither's gradient scales down the other's step."""
+        if self.critic is None:
+            return [list(self.parameters())]
+        critic = {id(p) for p in self.critic.parameters()}
+        return [[p for p in self.parameters() if id(p) not in critic], list(self.critic.parameters())]
+
     def save_pretrained(self, path: str, tokenizer=None) -> None:
         self.lm.save_pretrained(path)
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, os.path.join(path, VALUE_HEAD_FILE))
+        save_value_head(self.value_head, path)
+        if self.critic is not None:
+            self.critic.save_pretrained(os.path.join(path, CRITIC_DIR))
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
+
+
+def aligned_values(values: torch.Tensor) -> dict:
+    """Per-position values (B, T) aligned with the tokens: ``values[:, t]`` read at t - 1 (column 0 is
+    0) scores token t; ``next_value[:, t]`` is the value after token t."""
+    return {"values": torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], 1), "next_value": values}
 
 
 def build_tiny(tokenizer, size: TinyConfig = TinyConfig(), seed: int = 0) -> LlamaForCausalLM:
@@ -124,8 +242,8 @@ def load_policy(model: str = TINY, seed: int = 0, tiny: TinyConfig = TinyConfig(
     """``(policy, tokenizer)`` from ``"tiny"`` (built from config) or a local HF model folder.
 
     The tiny model's character vocabulary is ``alphabet`` (the trainer passes the env's).
-    A folder saved by ``Policy.save_pretrained`` brings its value head back; any other causal
-    LM gets a fresh zero-initialised value head.
+    A folder saved by ``Policy.save_pretrained`` brings its value head back, and its separate
+    critic if it has one; any other causal LM gets a fresh zero-initialised value head.
     """
     if model == TINY:
         tokenizer = char_tokenizer(alphabet)
@@ -141,4 +259,6 @@ def load_policy(model: str = TINY, seed: int = 0, tiny: TinyConfig = TinyConfig(
     head_file = os.path.join(model, VALUE_HEAD_FILE)
     if os.path.exists(head_file):
         policy.value_head.load_state_dict(load_file(head_file))
+    if os.path.isdir(os.path.join(model, CRITIC_DIR)):
+        policy.critic = Critic.from_pretrained(os.path.join(model, CRITIC_DIR))
     return policy, tokenizer

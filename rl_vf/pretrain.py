@@ -20,7 +20,8 @@ from rl_vf.advantages import gae
 from rl_vf.algos.losses import masked_mean
 from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.engine import Episode, RolloutBatch
-from rl_vf.trainer import episode_metrics, evaluate, minibatch_parts, open_env, policy_for_env, resolve_device, write_config
+from rl_vf.trainer import (clip_gradients, episode_metrics, evaluate, minibatch_parts, open_env, policy_for_env,
+                           resolve_device, write_config)
 
 
 def stop_token(tokenizer) -> int:
@@ -114,7 +115,7 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
                 ((nll + cfg.vf_coef * vf) * weight).backward()
                 totals["pretrain/nll"] += float(nll.detach() * weight) / steps_per_epoch
                 totals["pretrain/vf_loss"] += float(vf.detach() * weight) / steps_per_epoch
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            clip_gradients(policy, cfg.max_grad_norm)
             optimizer.step()
             bar.update()
         bar.set_postfix(nll=f"{totals['pretrain/nll']:.3f}", refresh=False)
@@ -124,7 +125,7 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
     final = os.path.join(run_dir, "checkpoints", "final")
     policy.save_pretrained(final, tokenizer)
     metrics, _ = evaluate(policy, tokenizer, env_info.make, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
-                          cfg.num_envs, max_action_tokens, device)
+                          cfg.num_envs, max_action_tokens, device, cfg.env_threads)
     summary = {
         "env": cfg.env, "seed": cfg.seed, "demos": demos, "expert_prob": expert_prob,
         **episode_metrics(episodes, "demo"), **history[-1], "eval/episodes": cfg.final_eval_episodes, "eval/greedy": cfg.eval_greedy, **metrics,

@@ -20,7 +20,7 @@ from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, value_
 from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, action_token_mask
 from rl_vf.metrics_log import MetricsLog
-from rl_vf.policy import TinyConfig, load_policy
+from rl_vf.policy import Critic, TinyConfig, load_policy
 from rl_vf.stats import wilson_interval
 from rl_vf.tokenizer import DEFAULT_CHARS
 
@@ -74,15 +74,30 @@ def open_env(env_id: str, env_kwargs: dict) -> EnvInfo:
 
 def policy_for_env(model: str, cfg: TrainConfig, env: EnvInfo) -> tuple:
     """Load ``model`` ('tiny' or a folder) for this env: the tiny model gets the env's alphabet, and
-    with ``cfg.constrain_actions`` sampling is limited to tokens of the env's action space."""
+    with ``cfg.constrain_actions`` sampling is limited to tokens of the env's action space.
+
+    ``cfg.critic`` decides the value function: ``separate`` keeps the folder's critic, or starts one
+    as a copy of the policy and its value head; ``shared`` leaves any saved critic out."""
     tiny = TinyConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size)
     try:
         policy, tokenizer = load_policy(model, seed=cfg.seed, tiny=tiny, alphabet=env.alphabet)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {model!r}: {e}") from None
+    if cfg.critic == "shared":
+        policy.critic = None
+    elif policy.critic is None:
+        policy.critic = Critic.copy_of(policy)
     if cfg.constrain_actions and env.action_charset is not None:
         policy.allowed_tokens = action_token_mask(tokenizer, env.action_charset)
+    policy.autocast_dtype = autocast_dtype(cfg.precision, resolve_device(cfg.device))
     return policy, tokenizer
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the policy autocasts its matmuls to (None: plain fp32)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def episode_metrics(episodes: list[Episode], prefix: str) -> dict:
@@ -95,13 +110,14 @@ def episode_metrics(episodes: list[Episode], prefix: str) -> dict:
 
 
 def evaluate(policy, tokenizer, make_env, episodes: int, seed: int, greedy: bool, num_envs: int,
-             max_action_tokens: int, device) -> tuple[dict, list[Episode]]:
+             max_action_tokens: int, device, env_threads: int = 1) -> tuple[dict, list[Episode]]:
     """Play ``episodes`` fresh episodes with fixed reset seeds; returns eval/* metrics and the episodes."""
-    engine = RolloutEngine(policy, tokenizer, make_env, min(num_envs, episodes), max_action_tokens, device)
+    engine = RolloutEngine(policy, tokenizer, make_env, min(num_envs, episodes), max_action_tokens, device,
+                           env_threads=env_threads)
     seeds = [EVAL_SEED_OFFSET + seed * 7919 + i for i in range(episodes)]
     was_training = policy.training
     policy.eval()
-    eps = engine.collect(seeds, torch.Generator(device="cpu").manual_seed(seed + EVAL_SEED_OFFSET), greedy=greedy)
+    eps = engine.collect(seeds, torch.Generator(device=device).manual_seed(seed + EVAL_SEED_OFFSET), greedy=greedy)
     policy.train(was_training)
     engine.close()
     return episode_metrics(eps, "eval"), eps
@@ -146,10 +162,12 @@ class Trainer:
         self.reference = None
         if cfg.kl_coef > 0:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+            self.reference.critic = None  # only its logprobs are read
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
-        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # samples where the logits are
         self.engine = RolloutEngine(self.policy, self.tokenizer, self.env.make,
-                                    min(cfg.num_envs, cfg.episodes_per_update), self.max_action_tokens, self.device)
+                                    min(cfg.num_envs, cfg.episodes_per_update), self.max_action_tokens, self.device,
+                                    env_threads=cfg.env_threads)
         self.update_idx = 0
         self.episodes_done = 0
         self.wall_s = 0.0
@@ -198,15 +216,21 @@ class Trainer:
         cfg, policy = self.cfg, self.policy
         mask = batch.action_mask
         lengths = batch.attention_mask.sum(1)
+        critic_only = self.update_idx < cfg.critic_warmup_updates  # a critic warm-up update (ppo only)
         with torch.no_grad():
             old = score_batch(policy, batch, lengths, cfg.minibatch_size)
-            ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"] if self.reference else None
+            ref = None
+            if self.reference is not None and not critic_only:
+                ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"]
             advantages, returns = self.algo.advantages(batch, old, cfg)
             stats = {}
             if returns is not None:
                 stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
             if cfg.normalize_advantages:
                 advantages = whiten(advantages, mask)
+        # perf/trained_tokens counts a token once per transformer it is trained through: the policy
+        # LM and a separate critic (a warm-up update runs only one of them).
+        models = 1 if critic_only or policy.critic is None else 2
 
         totals: dict[str, float] = {}
         steps, tokens = 0, 0
@@ -216,38 +240,52 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
                 for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device)):
-                    m = mask[sl]
-                    new = policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True)
-                    pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
-                    entropy = masked_mean(new["entropy"], m)
-                    terms = {"loss/pg": pg, "loss/entropy": entropy}
-                    loss = pg - cfg.ent_coef * entropy
-                    if self.algo.USES_CRITIC:
-                        vf = value_loss(new["values"], old["values"][sl], returns[sl], m, cfg.vf_clip or None)
-                        terms["loss/vf"] = vf
-                        loss = loss + cfg.vf_coef * vf
-                    if ref is not None:
-                        kl = kl_to_reference(new["logprobs"], ref[sl], m)
-                        terms["loss/kl"] = kl
-                        loss = loss + cfg.kl_coef * kl
+                    loss, terms = self.part_loss(batch, sl, old, ref, advantages, returns, critic_only)
                     if not torch.isfinite(loss):
                         raise self.diverged({k: float(v.detach()) for k, v in terms.items()})
                     (loss * weight).backward()
-                    terms.update({f"ppo/{k}": v for k, v in pg_stats.items()})
                     for k, v in terms.items():
                         step_terms[k] = step_terms.get(k, 0.0) + float(v.detach() * weight)
-                    tokens += int(batch.attention_mask[sl].sum())
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+                    tokens += int(batch.attention_mask[sl].sum()) * models
+                clip_gradients(policy, cfg.max_grad_norm)
                 self.optimizer.step()
                 for k, v in step_terms.items():
                     totals[k] = totals.get(k, 0.0) + v
-                epoch_kl.append(step_terms["ppo/approx_kl"])
+                if not critic_only:
+                    epoch_kl.append(step_terms["ppo/approx_kl"])
                 steps += 1
-            if cfg.target_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+            if cfg.target_kl and epoch_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
                 break
         stats.update({k: v / steps for k, v in totals.items()})
         stats["ppo/epochs"] = epoch + 1
         return Update(stats, tokens)
+
+    def part_loss(self, batch: RolloutBatch, sl, old: dict, ref: torch.Tensor | None, advantages: torch.Tensor,
+                  returns: torch.Tensor | None, critic_only: bool) -> tuple[torch.Tensor, dict]:
+        """The loss on one part ``sl`` of a minibatch, and its named terms (loss/*, ppo/* statistics).
+
+        ``critic_only`` (critic warm-up): the value loss alone, scored so that the policy LM gets no
+        gradient (``Policy.score_values``); the caller passes no reference then.
+        """
+        cfg, m = self.cfg, batch.action_mask[sl]
+        if critic_only:
+            new = self.policy.score_values(batch.tokens[sl], batch.attention_mask[sl])
+            loss, terms = 0.0, {}
+        else:
+            new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True)
+            pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
+            entropy = masked_mean(new["entropy"], m)
+            terms = {"loss/pg": pg, "loss/entropy": entropy, **{f"ppo/{k}": v for k, v in pg_stats.items()}}
+            loss = pg - cfg.ent_coef * entropy
+        if self.algo.USES_CRITIC:
+            vf = value_loss(new["values"], old["values"][sl], returns[sl], m, cfg.vf_clip or None)
+            terms["loss/vf"] = vf
+            loss = loss + cfg.vf_coef * vf
+        if ref is not None:
+            kl = kl_to_reference(new["logprobs"], ref[sl], m)
+            terms["loss/kl"] = kl
+            loss = loss + cfg.kl_coef * kl
+        return loss, terms
 
     def set_lr(self, total_updates: int) -> None:
         """The lr for the coming update; computed from the update index, so resuming is exact."""
@@ -300,6 +338,8 @@ class Trainer:
             }
             if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
                 row.update(self.evaluate(cfg.eval_episodes)[0])
+            if self.algo.USES_CRITIC and cfg.diag_every and self.update_idx % cfg.diag_every == 0:
+                row.update(self.diagnose())
             log.write(row)
             bar.update(len(episodes))
             bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
@@ -312,7 +352,20 @@ class Trainer:
     def evaluate(self, episodes: int) -> tuple[dict, list[Episode]]:
         cfg = self.cfg
         return evaluate(self.policy, self.tokenizer, self.env.make, episodes, cfg.seed, cfg.eval_greedy,
-                        cfg.num_envs, self.max_action_tokens, self.device)
+                        cfg.num_envs, self.max_action_tokens, self.device, cfg.env_threads)
+
+    def diagnose(self) -> dict:
+        """Value diagnostics on held-out episodes: writes ``diagnostics/`` in the run folder and returns
+        the value/* metrics and the pass's cost (not counted in perf/wall_s, which both algos share)."""
+        from rl_vf import diagnostics  # it imports this module
+
+        t0 = time.perf_counter()
+        # Its own generator: diagnostics on or off, training samples the same episodes.
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1_000_003 + self.update_idx)
+        report = diagnostics.diagnose(self.policy, self.tokenizer, self.env.make, self.cfg, generator,
+                                      self.max_action_tokens, self.device)
+        diagnostics.write_update(report, os.path.join(self.run_dir, "diagnostics"), self.update_idx)
+        return {**report.metrics, "perf/diag_s": time.perf_counter() - t0}
 
     def finish(self, log: MetricsLog) -> dict:
         """Final evaluation, the final policy, summary.json and a few eval transcripts."""
@@ -334,6 +387,12 @@ class Trainer:
                                     "transcript": transcript(self.tokenizer, e)}) + "\n")
         log.summary(summary)
         return summary
+
+
+def clip_gradients(policy, max_norm: float) -> None:
+    """Clip the gradient norm of each separately trained network on its own (``Policy.parameter_groups``)."""
+    for group in policy.parameter_groups():
+        torch.nn.utils.clip_grad_norm_(group, max_norm)
 
 
 def length_buckets(lengths: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:

@@ -366,3 +366,19 @@ def test_opponent_first_drops_one_o():
 def test_bad_arguments_raise(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         ConnectFourEnv(**kwargs)
+
+
+def test_expert_is_deterministic_and_prefers_the_centre():
+    """One move per board (a policy can imitate it exactly): the empty 4x5 board's optimal moves are
+    the middle three columns, and the expert picks the centre one whatever the rng."""
+    env = ConnectFourEnv()
+    env.reset(seed=0)
+    assert {env.expert_action(np.random.default_rng(s)) for s in range(10)} == {"3"}
+    rng = np.random.default_rng(1)
+    for seed in range(5):
+        env.reset(seed=seed)
+        terminated = False
+        while not terminated:
+            action = env.expert_action(rng)
+            assert all(env.expert_action(np.random.default_rng(s)) == action for s in range(3))
+            _, _, terminated, _, _ = env.step(action)

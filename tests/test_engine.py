@@ -1,10 +1,12 @@
 """The cached multi-turn engine against a full recompute of the same transcripts."""
+import copy
+
 import gymnasium as gym
 import pytest
 import torch
 
-from rl_vf.engine import RolloutBatch, RolloutEngine
-from rl_vf.policy import TinyConfig, load_policy
+from rl_vf.engine import RolloutBatch, RolloutEngine, Start
+from rl_vf.policy import Critic, TinyConfig, load_policy
 
 
 class CountingEnv(gym.Env):
@@ -39,10 +41,28 @@ def policy_and_tokenizer():
     return policy.eval(), tok
 
 
-@pytest.mark.parametrize("num_envs,max_tokens", [(4, 3), (7, 5), (32, 4)])
-def test_cached_rollout_matches_full_recompute(policy_and_tokenizer, num_envs, max_tokens):
+@pytest.fixture(scope="module", params=["shared", "separate"])
+def policy_either_critic(request, policy_and_tokenizer):
+    """The policy with its shared value head, or with a separate critic whose weights differ from the
+    policy's (so a critic cache mixed up with the policy's would show)."""
     policy, tok = policy_and_tokenizer
-    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=num_envs, max_action_tokens=max_tokens)
+    if request.param == "shared":
+        return policy, tok
+    with_critic = copy.deepcopy(policy)
+    with_critic.critic = Critic.copy_of(policy)
+    noise = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in with_critic.critic.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=noise))
+    return with_critic.eval(), tok
+
+
+# sync_every > 1 is the GPU setting: rows that stopped keep decoding padding until the next check.
+@pytest.mark.parametrize("num_envs,max_tokens,sync_every", [(4, 3, 1), (7, 5, 1), (32, 4, 1), (7, 5, 3), (32, 4, 8)])
+def test_cached_rollout_matches_full_recompute(policy_either_critic, num_envs, max_tokens, sync_every):
+    policy, tok = policy_either_critic
+    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=num_envs, max_action_tokens=max_tokens,
+                           sync_every=sync_every)
     seeds = list(range(40))
     episodes = engine.collect(seeds, torch.Generator().manual_seed(1))
     assert [e.seed for e in episodes] == seeds  # every episode, in order, including refilled rows
@@ -68,11 +88,11 @@ def test_rewards_sit_on_last_action_token(policy_and_tokenizer):
         assert e.tokens[0] == tok.bos_token_id and mask[0] == 0
 
 
-def test_refills_compact_the_cache_and_stay_exact(policy_and_tokenizer, monkeypatch):
+def test_refills_compact_the_cache_and_stay_exact(policy_either_critic, monkeypatch):
     """Many short episodes per row: the cache must be compacted, and results stay exact."""
     import rl_vf.engine as engine_mod
 
-    policy, tok = policy_and_tokenizer
+    policy, tok = policy_either_critic
     widths = []
     real = engine_mod._compact
 
@@ -113,3 +133,76 @@ def test_action_constraint_is_the_policy_distribution(policy_and_tokenizer):
         assert torch.isfinite(full["entropy"]).all() and (full["entropy"][m] <= torch.log(allowed.sum()) + 1e-5).all()
     finally:
         policy.allowed_tokens = None
+
+
+def test_continuation_from_a_prefix_matches_full_recompute(policy_and_tokenizer):
+    """Episodes that start mid-way (an env replayed to turn k and the transcript so far), mixed with
+    episodes that start from a seed, score like a full recompute of their whole transcript."""
+    policy, tok = policy_and_tokenizer
+    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=5, max_action_tokens=3)
+    played = [e for e in engine.collect(list(range(30)), torch.Generator().manual_seed(4)) if len(e.actions) >= 2]
+    starts = []
+    for e in played:
+        turn = len(e.actions) // 2
+        env = CountingEnv()
+        env.reset(seed=e.seed)
+        for action in e.actions[:turn]:
+            env.step(action)
+        first_tokens = [t for t, m in enumerate(e.action_mask) if m and not e.action_mask[t - 1]]
+        starts.append(Start(env, e.tokens[: first_tokens[turn]]))
+    mixed = [s for pair in zip(starts, range(100, 100 + len(starts))) for s in pair]
+    episodes = engine.collect(mixed, torch.Generator().manual_seed(5))
+    for start, e in zip(mixed[::2], episodes[::2]):
+        assert e.seed is None and e.tokens[: len(start.tokens)] == start.tokens
+        assert not any(e.action_mask[: len(start.tokens)]) and any(e.action_mask)  # the prefix is the prompt
+    assert [e.seed for e in episodes[1::2]] == list(range(100, 100 + len(starts)))
+    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
+    with torch.no_grad():
+        full = policy.score(batch.tokens, batch.attention_mask)
+    m = batch.action_mask.bool()
+    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(full["values"][m], batch.sample_values[m], atol=1e-5, rtol=0)
+
+
+def test_sync_every_does_not_change_greedy_episodes(policy_and_tokenizer):
+    """Checking for "all rows stopped" less often (the GPU setting) only adds padding steps."""
+    policy, tok = policy_and_tokenizer
+
+    def play(sync_every):
+        engine = RolloutEngine(policy, tok, CountingEnv, num_envs=6, max_action_tokens=5, sync_every=sync_every)
+        return [(e.tokens, e.action_mask, e.rewards) for e in engine.collect(range(20), torch.Generator(), greedy=True)]
+
+    assert play(1) == play(4)
+
+
+def test_bf16_autocast_path_runs_and_stays_close(policy_and_tokenizer):
+    """precision=bf16 (the CUDA default) on the CPU: logits and values come out fp32, differ from the
+    fp32 model's only by bf16 rounding, and the cached rollout still agrees with a recompute."""
+    policy, tok = policy_and_tokenizer
+    half = copy.deepcopy(policy)
+    half.autocast_dtype = torch.bfloat16
+    ids = torch.tensor([tok.encode("qq1>qqq2>")])
+    (logits, values, _), (logits32, values32, _) = half(ids), policy(ids)
+    assert logits.dtype == values.dtype == torch.float32
+    assert not torch.equal(logits, logits32)  # autocast really ran in bf16
+    torch.testing.assert_close(logits, logits32, atol=0.1, rtol=0)
+    torch.testing.assert_close(values, values32, atol=0.1, rtol=0)
+    engine = RolloutEngine(half, tok, CountingEnv, num_envs=5, max_action_tokens=3)
+    batch = RolloutBatch.from_episodes(engine.collect(range(12), torch.Generator().manual_seed(0)), tok.pad_token_id)
+    with torch.no_grad():
+        full = half.score(batch.tokens, batch.attention_mask)
+    m = batch.action_mask.bool()
+    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=0.1, rtol=0)
+
+
+def test_env_threads_play_the_same_episodes(policy_and_tokenizer):
+    """Stepping envs in a thread pool (for envs that wait on a subprocess) changes nothing but speed."""
+    policy, tok = policy_and_tokenizer
+
+    def play(env_threads):
+        engine = RolloutEngine(policy, tok, CountingEnv, num_envs=6, max_action_tokens=3, env_threads=env_threads)
+        episodes = engine.collect(range(20), torch.Generator().manual_seed(3))
+        engine.close()
+        return [(e.tokens, e.rewards, e.actions) for e in episodes]
+
+    assert play(1) == play(4)

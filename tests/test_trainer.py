@@ -57,3 +57,16 @@ def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
             assert torch.allclose(value, after_grouped[name], atol=1e-6), (algo, name)
         for key in ("loss/pg", "loss/entropy", "ppo/approx_kl"):
             assert abs(grouped[key] - padded[key]) < 1e-5, (algo, key)
+
+
+def test_bf16_precision_trains_on_cpu(tmp_path):
+    """precision=bf16 (auto's choice on CUDA) through a real update: finite losses, parameters move."""
+    cfg = make_config(dict(env="TicTacToe-v0", episodes_per_update=32, num_envs=32, precision="bf16", **SMALL))
+    t = Trainer(cfg, str(tmp_path))
+    assert t.policy.autocast_dtype == torch.bfloat16
+    before = [p.detach().clone() for p in t.policy.parameters()]
+    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id)
+    stats = t.update(batch).stats
+    assert all(torch.isfinite(torch.tensor(stats[k])) for k in ("loss/pg", "loss/vf", "loss/entropy"))
+    assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
+    assert all(p.dtype == torch.float32 for p in t.policy.parameters())  # fp32 master weights

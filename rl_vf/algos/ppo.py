@@ -11,9 +11,18 @@ USES_CRITIC = True
 def advantages(batch, old: dict, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (advantages, returns) from the value head's estimates (DESIGN.md GAE).
 
-    Truncated episodes bootstrap from the value after their final observation.
+    The advantages are GAE with ``cfg.lam``; the returns (value targets) GAE with ``cfg.lam_critic``
+    (decoupled GAE, VC-PPO/VAPO), or with ``cfg.lam`` too when it is None. Truncated episodes
+    bootstrap from the value after their final observation.
     """
     last = batch.attention_mask.sum(1) - 1
     after_last = old["next_value"].gather(1, last[:, None]).squeeze(1)
     bootstrap = torch.where(batch.truncated, after_last, torch.zeros_like(after_last))
-    return gae(batch.rewards, old["values"], batch.action_mask, gamma=cfg.gamma, lam=cfg.lam, bootstrap=bootstrap)
+
+    def gae_with(lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return gae(batch.rewards, old["values"], batch.action_mask, gamma=cfg.gamma, lam=lam, bootstrap=bootstrap)
+
+    advantages, returns = gae_with(cfg.lam)
+    if cfg.lam_critic is not None and cfg.lam_critic != cfg.lam:
+        returns = gae_with(cfg.lam_critic)[1]
+    return advantages, returns

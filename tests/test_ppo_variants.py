@@ -1,0 +1,194 @@
+"""The PPO variants: separate critic, decoupled GAE (lam_critic) and critic warm-up."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rl_vf.algos import ppo
+from rl_vf.algos.losses import policy_loss, value_loss
+from rl_vf.cli import main
+from rl_vf.compare import make_comparison
+from rl_vf.config import ConfigError, make_config
+from rl_vf.engine import RolloutBatch
+from rl_vf.policy import CRITIC_DIR, Critic, TinyConfig, load_policy
+from rl_vf.trainer import Trainer, open_env, policy_for_env
+from tests.test_cli import comparable, ttt_args
+
+SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled")
+
+
+# ---- decoupled GAE -------------------------------------------------------------------------------
+def hand_batch():
+    """One episode: obs | act act | obs | act, reward 0.5 after turn 1 and 1 after turn 2.
+
+    Values at the action tokens are 0.5, 0.2 and 0.1; with gamma 1 the TD errors are
+    -0.3 (0 + 0.2 - 0.5), 0.4 (0.5 + 0.1 - 0.2) and 0.9 (1 - 0.1).
+    lam 0: advantages = TD errors, returns = [0.2, 0.6, 1.0];
+    lam 1: advantages = [1.0, 1.3, 0.9], returns = the return-to-go [1.5, 1.5, 1.0].
+    """
+    batch = SimpleNamespace(
+        rewards=torch.tensor([[0.0, 0.0, 0.5, 0.0, 1.0]]),
+        action_mask=torch.tensor([[0, 1, 1, 0, 1]]),
+        attention_mask=torch.ones(1, 5, dtype=torch.long),
+        truncated=torch.tensor([False]),
+    )
+    values = torch.tensor([[0.0, 0.5, 0.2, 0.0, 0.1]])
+    return batch, {"values": values, "next_value": torch.zeros(1, 5)}
+
+
+@pytest.mark.parametrize("lam,lam_critic,advantages,returns", [
+    (0.0, 1.0, [-0.3, 0.4, 0.9], [1.5, 1.5, 1.0]),
+    (1.0, 0.0, [1.0, 1.3, 0.9], [0.2, 0.6, 1.0]),
+    (0.0, None, [-0.3, 0.4, 0.9], [0.2, 0.6, 1.0]),  # None: the value targets use lam
+    (1.0, None, [1.0, 1.3, 0.9], [1.5, 1.5, 1.0]),
+])
+def test_decoupled_gae_by_hand(lam, lam_critic, advantages, returns):
+    batch, old = hand_batch()
+    adv, ret = ppo.advantages(batch, old, SimpleNamespace(gamma=1.0, lam=lam, lam_critic=lam_critic))
+    actions = batch.action_mask.bool()
+    torch.testing.assert_close(adv[actions], torch.tensor(advantages))
+    torch.testing.assert_close(ret[actions], torch.tensor(returns))
+
+
+# ---- the update ----------------------------------------------------------------------------------
+def trainer_with_batch(tmp_path, **overrides):
+    cfg = make_config(dict(env="TicTacToe-v0", algo="ppo", episodes_per_update=16, num_envs=16, minibatch_size=8,
+                           epochs=2, seed=1, **SMALL, **overrides))
+    t = Trainer(cfg, str(tmp_path))
+    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id)
+    return t, batch
+
+
+def params(module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lam_critic_equal_to_lam_is_the_coupled_update(tmp_path):
+    after = {}
+    for lam_critic in (None, 0.95, 1.0):
+        t, batch = trainer_with_batch(tmp_path / str(lam_critic), lam=0.95, lam_critic=lam_critic)
+        t.update(batch)
+        after[lam_critic] = params(t.policy)
+    assert same(after[None], after[0.95])
+    assert not same(after[None], after[1.0])  # different value targets, a different step
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_critic_warmup_trains_only_the_value_function(tmp_path, critic):
+    t, batch = trainer_with_batch(tmp_path, critic=critic, critic_warmup_updates=2)
+    policy = t.policy
+    value_function = policy.value_head if critic == "shared" else policy.critic
+    actor_start, value_start = params(policy.lm), params(value_function)
+    own_head = params(policy.value_head)
+    warmups = []
+    for _ in range(2):
+        warmups.append(t.update(batch))
+        t.update_idx += 1
+        assert same(params(policy.lm), actor_start)
+        assert "loss/vf" in warmups[-1].stats and "loss/pg" not in warmups[-1].stats
+    assert not same(params(value_function), value_start)
+    full = t.update(batch)
+    assert "loss/pg" in full.stats and not same(params(policy.lm), actor_start)
+    if critic == "separate":
+        assert same(params(policy.value_head), own_head)  # the policy LM's own head is never trained
+    # A separate critic doubles the trained tokens of a full update; a warm-up trains one model.
+    assert full.tokens == warmups[0].tokens * (2 if critic == "separate" else 1)
+
+
+# ---- the separate critic -------------------------------------------------------------------------
+@pytest.fixture
+def policy_with_critic():
+    policy, tok = load_policy("tiny", seed=0, tiny=TinyConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64))
+    policy.critic = Critic.copy_of(policy)
+    with torch.no_grad():  # non-zero value heads, and a critic unlike the policy's own head
+        torch.nn.init.normal_(policy.critic.value_head.weight, generator=torch.Generator().manual_seed(1))
+        torch.nn.init.normal_(policy.value_head.weight, generator=torch.Generator().manual_seed(2))
+    return policy, tok
+
+
+def transcripts(tok):
+    rows = [tok.encode(text, add_special_tokens=False) for text in ("123\n5\n456\n7\n", "789\n1\n")]
+    width = max(map(len, rows))
+    tokens = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return tokens, attention, attention.clone()  # every real token counts as an action here
+
+
+def grads(module) -> list:
+    return [p.grad for p in module.parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+
+
+def test_separate_critic_gets_only_the_value_loss(policy_with_critic):
+    policy, tok = policy_with_critic
+    tokens, attention, mask = transcripts(tok)
+    out = policy.score(tokens, attention)
+    critic_values, _ = policy.critic(tokens, attention_mask=attention)
+    torch.testing.assert_close(out["next_value"], critic_values)  # the critic's values, not the LM's head
+    value_loss(out["values"], out["values"].detach(), torch.ones_like(mask, dtype=torch.float), mask, None).backward()
+    assert grads(policy.critic) and not grads(policy.lm) and not grads(policy.value_head)
+
+    policy.zero_grad(set_to_none=True)
+    out = policy.score(tokens, attention)
+    advantages = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0))
+    policy_loss(out["logprobs"], out["logprobs"].detach(), advantages, mask, 0.2)[0].backward()
+    assert grads(policy.lm) and not grads(policy.critic)
+
+
+def test_separate_critic_checkpoint_round_trip(tmp_path, policy_with_critic):
+    policy, tok = policy_with_critic
+    policy.save_pretrained(str(tmp_path), tok)
+    assert (tmp_path / CRITIC_DIR / "config.json").exists()
+    assert (tmp_path / CRITIC_DIR / "value_head.safetensors").exists()
+    loaded, _ = load_policy(str(tmp_path))
+    assert loaded.critic is not None and same(params(loaded), params(policy))
+    tokens, attention, _ = transcripts(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(tokens, attention)["values"], policy.score(tokens, attention)["values"])
+    # The run's config decides: a shared value head leaves a saved critic out.
+    env = open_env("TicTacToe-v0", {})
+    shared, _ = policy_for_env(str(tmp_path), make_config({"critic": "shared"}), env)
+    separate, _ = policy_for_env(str(tmp_path), make_config({"critic": "separate"}), env)
+    assert shared.critic is None and same(params(separate.critic), params(policy.critic))
+
+
+def test_separate_critic_resume_is_exact(tmp_path):
+    """4 updates straight, or 2 then a resume: the same metrics and weights, critic included; the
+    resume lands inside the 3-update critic warm-up."""
+    variant = ["--critic", "separate", "--lam-critic", "1.0", "--critic-warmup-updates", "3"]
+    assert main(ttt_args(tmp_path / "straight", 128) + variant) == 0
+    assert main(ttt_args(tmp_path / "split", 64) + variant) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--total-episodes", "128"]) == 0
+    straight, split = comparable(tmp_path / "straight"), comparable(tmp_path / "split")
+    assert len(straight) == 4 and split == straight
+    assert ["loss/pg" in row for row in straight] == [False, False, False, True]
+    a, _ = load_policy(str(tmp_path / "straight" / "checkpoints" / "final"))
+    b, _ = load_policy(str(tmp_path / "split" / "checkpoints" / "final"))
+    assert a.critic is not None and same(params(a), params(b))
+
+
+# ---- config, CLI and compare ---------------------------------------------------------------------
+def test_variant_config_and_names(tmp_path, capsys):
+    assert make_config({}).lam_critic is None
+    assert make_config({"lam_critic": "none"}).lam_critic is None
+    assert make_config({"lam_critic": None}).lam_critic is None  # config.yaml writes null
+    assert make_config({"lam_critic": "1"}).lam_critic == 1.0
+    for bad, needle in [({"critic": "both"}, "unknown critic 'both'"), ({"lam_critic": 1.5}, "lam_critic"),
+                        ({"critic_warmup_updates": -1}, "critic_warmup_updates"),
+                        ({"algo": "reinforce", "critic": "separate"}, "need a value function")]:
+        with pytest.raises(ConfigError, match=needle):
+            make_config(bad)
+    text = "ppo,critic=separate,lam_critic=1.0,critic_warmup_updates=5"
+    comp = make_comparison(str(tmp_path), "TicTacToe-v0", {}, [text, "ppo"], seeds=1)
+    variant = comp.variants[0]
+    assert variant.name == text and variant.folder == "ppo_critic=separate_lam_critic=1.0_critic_warmup_updates=5"
+    run = make_config(comp.run_config(variant, 0))
+    assert (run.critic, run.lam_critic, run.critic_warmup_updates) == ("separate", 1.0, 5)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = capsys.readouterr().out
+    assert all(f in help_text for f in ("--critic ", "--lam-critic", "--critic-warmup-updates"))
