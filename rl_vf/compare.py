@@ -326,8 +326,14 @@ def sample_efficiency(done: dict[str, list[Run]], train_key: str, fraction: floa
     finals = {v: np.array([r.smoothed("train/episodes", train_key)[1][-1] for r in rs]) for v, rs in done.items()}
     best = max(finals, key=lambda v: stats.iqm(finals[v]))
     level = fraction * stats.iqm(finals[best])
-    crossings = {axis: {v: np.array([stats.first_crossing(*r.smoothed(axis, train_key), level) for r in rs])
-                        for v, rs in done.items()} for axis in CROSSING_AXES}
+
+    def crossing(run: Run, axis: str) -> float:
+        if level <= 0:  # no run learned: a threshold of 0 would count every run as there from the start
+            return math.inf
+        return stats.first_crossing(*run.smoothed(axis, train_key), level)
+
+    crossings = {axis: {v: np.array([crossing(r, axis) for r in rs]) for v, rs in done.items()}
+                 for axis in CROSSING_AXES}
     ref = next(iter(done))
     ratios = {axis: {v: stats.threshold_ratio(c[ref], c[v], REPS, ALPHA, seed) for v in c if v != ref}
               for axis, c in crossings.items()}
@@ -578,7 +584,9 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
                      f"of its smoothed train curve: {train_key} averaged over {SMOOTH} consecutive updates. A run "
                      f"reaches the threshold at the first update where the smoothed curve is >= it; 'never' = "
                      f"censored. Ratio = median(variant) / median({ref}) over seeds, with 'never' counted as "
-                     f"infinitely late (so the ratio is inf once the variant's median run never gets there).")]
+                     f"infinitely late (so the ratio is inf once the variant's median run never gets there)."
+                     + (" The best final score is 0: no run learned, so none counts as reaching it."
+                        if eff["level"] <= 0 else ""))]
     for axis in CROSSING_AXES:
         seeds = sorted({s for v in eff["crossings"][axis] for s in results["seeds"][v]})
         blocks.append(("p", f"{X_AXES[axis].capitalize()} to reach {eff['level']:.3f}:"))

@@ -219,3 +219,13 @@ def test_shipped_suite_file_is_valid(tmp_path):
                                                                      "episodes": 10, "lr": 1}]}))
     with pytest.raises(ConfigError, match="unknown key 'lr' in entry 0.*valid keys: name, env"):
         cli("suite", "--config", bad)
+
+
+def test_no_run_reaches_a_threshold_of_zero():
+    """When every run stays at 0 the threshold is 0; no run may count as reaching it at the first update."""
+    rows = [{"train/episodes": 100 * (i + 1), "train/env_steps": 300 * (i + 1), "perf/generated_tokens": 900 * (i + 1),
+             "train/success_rate": 0.0} for i in range(6)]
+    done = {v: [compare.Run(seed=s, summary={}, rows=rows) for s in range(3)] for v in ("ppo", "reinforce")}
+    eff = compare.sample_efficiency(done, "train/success_rate", 0.8)
+    assert eff["level"] == 0
+    assert all(np.isinf(c).all() for axis in eff["crossings"].values() for c in axis.values())

@@ -32,6 +32,18 @@ class CountingEnv(gym.Env):
         return self._obs(), reward, done, False, {"invalid_action": False, "success": reward > 0}
 
 
+def assert_matches_recompute(policy, tok, episodes, atol=1e-5) -> torch.Tensor:
+    """The engine's sampling-time logprobs and values equal a full recompute of the transcripts;
+    returns the action mask of the batch."""
+    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
+    with torch.no_grad():
+        full = policy.score(batch.tokens, batch.attention_mask)
+    m = batch.action_mask.bool()
+    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=atol, rtol=0)
+    torch.testing.assert_close(full["values"][m], batch.sample_values[m], atol=atol, rtol=0)
+    return m
+
+
 @pytest.fixture(scope="module")
 def policy_and_tokenizer():
     torch.manual_seed(0)
@@ -68,13 +80,8 @@ def test_cached_rollout_matches_full_recompute(policy_either_critic, num_envs, m
     assert [e.seed for e in episodes] == seeds  # every episode, in order, including refilled rows
     turns = [sum(1 for a, b in zip([0] + e.action_mask, e.action_mask) if b and not a) for e in episodes]
     assert max(turns) >= 4 and min(turns) == 1
-    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
-    with torch.no_grad():
-        full = policy.score(batch.tokens, batch.attention_mask)
-    m = batch.action_mask.bool()
+    m = assert_matches_recompute(policy, tok, episodes)
     assert m.sum() > 100
-    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=1e-5, rtol=0)
-    torch.testing.assert_close(full["values"][m], batch.sample_values[m], atol=1e-5, rtol=0)
 
 
 def test_rewards_sit_on_last_action_token(policy_and_tokenizer):
@@ -106,12 +113,7 @@ def test_refills_compact_the_cache_and_stay_exact(policy_either_critic, monkeypa
     episodes = engine.collect(list(range(60)), torch.Generator().manual_seed(2))
     longest = max(len(e.tokens) for e in episodes)
     assert max(widths) < 3 * longest  # without compaction it would grow to ~12 episodes' worth
-    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
-    with torch.no_grad():
-        full = policy.score(batch.tokens, batch.attention_mask)
-    m = batch.action_mask.bool()
-    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=1e-5, rtol=0)
-    torch.testing.assert_close(full["values"][m], batch.sample_values[m], atol=1e-5, rtol=0)
+    assert_matches_recompute(policy, tok, episodes)
 
 
 def test_action_constraint_is_the_policy_distribution(policy_and_tokenizer):
@@ -156,12 +158,7 @@ def test_continuation_from_a_prefix_matches_full_recompute(policy_and_tokenizer)
         assert e.seed is None and e.tokens[: len(start.tokens)] == start.tokens
         assert not any(e.action_mask[: len(start.tokens)]) and any(e.action_mask)  # the prefix is the prompt
     assert [e.seed for e in episodes[1::2]] == list(range(100, 100 + len(starts)))
-    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
-    with torch.no_grad():
-        full = policy.score(batch.tokens, batch.attention_mask)
-    m = batch.action_mask.bool()
-    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=1e-5, rtol=0)
-    torch.testing.assert_close(full["values"][m], batch.sample_values[m], atol=1e-5, rtol=0)
+    assert_matches_recompute(policy, tok, episodes)
 
 
 def test_sync_every_does_not_change_greedy_episodes(policy_and_tokenizer):
@@ -188,11 +185,7 @@ def test_bf16_autocast_path_runs_and_stays_close(policy_and_tokenizer):
     torch.testing.assert_close(logits, logits32, atol=0.1, rtol=0)
     torch.testing.assert_close(values, values32, atol=0.1, rtol=0)
     engine = RolloutEngine(half, tok, CountingEnv, num_envs=5, max_action_tokens=3)
-    batch = RolloutBatch.from_episodes(engine.collect(range(12), torch.Generator().manual_seed(0)), tok.pad_token_id)
-    with torch.no_grad():
-        full = half.score(batch.tokens, batch.attention_mask)
-    m = batch.action_mask.bool()
-    torch.testing.assert_close(full["logprobs"][m], batch.sample_logprobs[m], atol=0.1, rtol=0)
+    assert_matches_recompute(half, tok, engine.collect(range(12), torch.Generator().manual_seed(0)), atol=0.1)
 
 
 def test_env_threads_play_the_same_episodes(policy_and_tokenizer):
