@@ -17,7 +17,7 @@ SUITE   ?= experiments/suite.yaml
 TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
 	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: install system-deps test test-slow train pretrain eval compare suite help
+.PHONY: install system-deps test test-slow train pretrain eval compare suite bench help
 
 help:
 	@echo "make install                 system-deps, then create .venv and install rl_vf (editable) with its deps"
@@ -29,6 +29,7 @@ help:
 	@echo "make compare ENV=.. SEEDS=5 ALGOS=\"ppo reinforce:rloo\"  variants x seeds, then a report (vars: EPISODES OUT ARGS)"
 	@echo "make suite [SUITE=experiments/suite.yaml]  several comparisons and a cross-task summary (vars: OUT ARGS)"
 	@echo "make eval CHECKPOINT=DIR     evaluate a checkpoint or run folder (vars: ENV EPISODES ARGS)"
+	@echo "make bench [ARGS=--quick]    engine vs naive generate vs trl, decode roofline, update speed (experiments/bench.py)"
 
 install: system-deps
 	python3 -m venv .venv
@@ -61,3 +62,6 @@ suite:
 eval:
 	$(PY) -m rl_vf eval --checkpoint $(CHECKPOINT) $(if $(filter command line,$(origin ENV)),--env $(ENV)) \
 		$(if $(EPISODES),--episodes $(EPISODES)) $(ARGS)
+
+bench:
+	$(PY) experiments/bench.py $(ARGS)

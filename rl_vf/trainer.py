@@ -236,7 +236,7 @@ class Trainer:
         steps, tokens = 0, 0
         for epoch in range(cfg.epochs):
             epoch_kl = []
-            for idx in torch.randperm(len(batch), generator=self.generator).split(cfg.minibatch_size):
+            for idx in torch.randperm(len(batch), generator=self.generator, device=self.device).split(cfg.minibatch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
                 for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device)):

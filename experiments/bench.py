@@ -1,0 +1,558 @@
+"""rl_vf benchmark (issue 6): the engine, a naive rollout loop and TRL, side by side in one run.
+
+    python experiments/bench.py [--quick] [--sections decode,multiturn,scaling,trl,update]
+                                [--threads N] [--device auto|cpu|cuda] [--out FILE]
+
+Prints one table per section to stdout (progress goes to stderr) and, as the last stdout line,
+one JSON object with every figure (README "Benchmark" lists the keys). Two model sizes: the
+built-in tiny model (``TinyConfig()``, the trainer's default) and a ~10M-parameter config of the
+same character-level Llama. Every comparison uses one model, one batch and one sampling rule
+(plain multinomial at temperature 1: no top-k, no top-p, no action constraint).
+
+1. decode: tokens/s of ``RolloutEngine._decode`` (the engine's own per-token loop on its
+   ``_RowCache``) at batch 1, 16, 64, 256, against this machine's fp32 matmul GFLOP/s measured in
+   the same run, as a % of the compute-bound limit (see ``flops_per_token``).
+2. multiturn: episodes/s of ``RolloutEngine.collect`` (KV cache kept across turns) and of the
+   naive loop (``naive_collect``: Hugging Face ``generate`` on each env's FULL transcript every
+   turn, batched across envs with left padding, same stop tokens and action budget) on
+   TicTacToe-v0 and KeyToDoor-v0 with delay 32 (34 turns).
+   Like for like: an untrained policy writes mostly invalid actions, which end an episode at
+   once and would turn a multi-turn benchmark into a single-turn one. Both approaches therefore
+   play through ``LegalFallback``, which swaps an action the env would reject for its first legal
+   action, so KeyToDoor episodes last exactly 34 turns in both and TicTacToe games last the
+   3-5 moves a game takes. TicTacToe lengths still vary with the sampled moves, so the ratio
+   is taken on turns/s (env steps/s); at equal mean length it equals the ratio of episodes/s.
+   Both refill a finished env's row with the next episode, and both use the trainer's action
+   budget (the action space's max_length: one token for these two envs), so a turn costs the
+   engine a prefill of the new observation and the naive loop a forward over the transcript.
+3. scaling: seconds per episode at 1, 4, 16, 64 turns (KeyToDoor, delay turns - 2; a time limit
+   makes the 1-turn episode), each point playing the same number of turns in all, and the slope
+   of log(time) against log(turns): ~1 is linear (engine), ~2 quadratic (naive, re-reading the
+   transcript every turn; less while fixed per-call costs dominate).
+4. trl: trl's GRPOTrainer against rl_vf's Trainer with REINFORCE and the "group" baseline (GRPO's
+   advantage) on Arithmetic-v0 (2-digit addition, one action), from the same saved model folder,
+   with the same prompts (the same reset seeds, in the same order), batch (prompts x
+   generations), action budget, stop tokens (newline or EOS), learning rate, clip, grad-norm
+   clip, one pass per batch, no KL, no entropy bonus, rewards scaled within the group, loss
+   averaged over the batch's action tokens ("dapo"), fp32 on both sides. Samples/s are timed
+   between the end of the first step and the end of the last (set-up and warm-up excluded);
+   the learning curves (success rate per step) show both are solving the same problem.
+5. update: trained tokens/s of ``Trainer.update`` (PPO with a value head, and REINFORCE) on one
+   collected TicTacToe batch (played through ``LegalFallback`` so its games are full length), and
+   the peak RSS of a short default ``python -m rl_vf train`` run in a subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, replace
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import envs  # noqa: F401  (registers the ids)
+from rl_vf.config import TrainConfig
+from rl_vf.engine import RolloutBatch, RolloutEngine, _RowCache, stop_token_mask
+from rl_vf.policy import TinyConfig, load_policy
+from rl_vf.tokenizer import DEFAULT_CHARS, SPECIAL_TOKENS
+from rl_vf.trainer import Trainer, open_env, resolve_device
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZES = {
+    "tiny": TinyConfig(),
+    # ~10M parameters: Llama's gated MLP has three matrices, so MLP 1024 (not 4 x 384) lands near 10M.
+    "10m": TinyConfig(hidden_size=384, layers=6, heads=6, intermediate_size=1024),
+}
+SECTIONS = {  # name: what it measures (--help)
+    "decode": "engine decode tokens/s at batch 1-256, and as a % of the fp32 matmul roof",
+    "multiturn": "episodes/s of the engine and of naive per-turn generate (TicTacToe, KeyToDoor delay 32)",
+    "scaling": "seconds per episode at 1, 4, 16, 64 turns, and the log-log slope, for both",
+    "trl": "samples/s and success curves: trl GRPOTrainer vs rl_vf reinforce/group on Arithmetic-v0",
+    "update": "update tokens/s (ppo, reinforce) and the peak RSS of a short `rl_vf train`",
+}
+ARITHMETIC = {"op": "add", "digits": 2, "mode": "single"}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much work each section does: the full run, or ``--quick`` (a smoke test)."""
+
+    matmul_n: int = 2048
+    decode_batches: tuple = (1, 16, 64, 256)
+    decode_tokens: int = 64
+    prompt_tokens: int = 16
+    multiturn_envs: int = 64
+    multiturn_episodes: tuple = (("tiny", 256), ("10m", 64))
+    scaling_turns: tuple = (1, 4, 16, 64)
+    scaling_envs: int = 16
+    scaling_turn_budget: int = 1024  # turns played per point (episodes = this / turns, at least one per env)
+    trl_prompts: int = 8
+    trl_generations: int = 8
+    trl_steps: int = 12
+    trl_lr: float = 1e-3
+    update_episodes: tuple = (("tiny", 256), ("10m", 64))
+    train_episodes: int = 2048  # the RSS run: two updates of the default 1024 episodes
+    train_args: tuple = ()  # further `rl_vf train` flags for that run
+
+
+FULL = Scale()
+QUICK = Scale(matmul_n=512, decode_tokens=4, prompt_tokens=4, multiturn_envs=4,
+              multiturn_episodes=(("tiny", 4), ("10m", 4)), scaling_envs=2, scaling_turn_budget=16,
+              trl_prompts=2, trl_generations=2, trl_steps=2, update_episodes=(("tiny", 8), ("10m", 4)),
+              train_episodes=64,
+              train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
+                          "--eval-every", "0"))
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device):
+    """``(fn(), seconds)``; the device is synchronised on both sides so queued GPU work counts."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def fmt(value) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def table(title: str, header: list[str], rows: list[list]) -> None:
+    cells = [header] + [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n## {title}")
+    for r in cells:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    sys.stdout.flush()
+
+
+def build(size: str, device: torch.device, alphabet: str = DEFAULT_CHARS):
+    """The untrained tiny-Llama policy of ``size`` (seed 0) and its tokenizer, on ``device``."""
+    policy, tokenizer = load_policy("tiny", seed=0, tiny=SIZES[size], alphabet=alphabet)
+    return policy.to(device).eval(), tokenizer
+
+
+def param_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """The tokens that end an action in the engine (newline or EOS), for ``generate``."""
+    return stop_token_mask(tokenizer).nonzero().squeeze(1).tolist()
+
+
+def action_text(tokenizer, tokens: list[int]) -> str:
+    """An action's text as the engine reads it: up to the first newline, special tokens dropped."""
+    return tokenizer.decode(tokens, skip_special_tokens=True).split("\n", 1)[0]
+
+
+# ---- 1. decode ---------------------------------------------------------------------------------
+def matmul_gflops(n: int, device: torch.device, reps: int = 5, tries: int = 3) -> float:
+    """fp32 GFLOP/s of an n x n matmul at torch's configured thread count: the compute-bound roof.
+    The best of a few tries, since a roof is a peak (and the first call also pays the warm-up)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    seconds = min(timed(lambda: [a @ b for _ in range(reps)], device)[1] for _ in range(tries))
+    return 2 * n**3 * reps / seconds / 1e9
+
+
+def flops_per_token(policy, context: float) -> float:
+    """Forward FLOPs for one token that attends to ``context`` cached tokens:
+    2 x non-embedding params (one multiply-add per weight; value head included)
+    + 2 x V x d for the LM head (tied to the embedding, but still a matmul; a lookup costs nothing)
+    + 4 x layers x context x d for attention (Q.K^T and the weighted sum of V, 2 FLOPs per multiply-add)."""
+    lm = policy.lm
+    emb, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+    non_embedding = param_count(policy) - emb.numel() - (0 if head is emb else head.numel())
+    return 2 * non_embedding + 2 * head.numel() + 4 * lm.config.num_hidden_layers * context * lm.config.hidden_size
+
+
+def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.device) -> float:
+    """Tokens/s of the engine's decode loop: prefill a random prompt, then sample
+    ``scale.decode_tokens`` tokens per row (stop tokens disabled, so every row decodes them all)."""
+    engine = RolloutEngine(policy, tokenizer, make_env=None, num_envs=0, max_action_tokens=scale.decode_tokens,
+                           device=device)
+    engine.stop = torch.zeros_like(engine.stop)
+    gen = torch.Generator(device=device).manual_seed(batch)
+    shape = (batch, scale.prompt_tokens)
+    prompt = torch.randint(len(SPECIAL_TOKENS), len(tokenizer), shape, device=device, generator=gen)  # no specials
+    kv = _RowCache(policy, batch, device)
+    with torch.no_grad():
+        logits, values = kv.forward(prompt, torch.ones_like(prompt, dtype=torch.bool))
+        _, seconds = timed(lambda: engine._decode(kv, logits[:, -1], values[:, -1], gen, greedy=False), device)
+    return batch * scale.decode_tokens / seconds
+
+
+def bench_decode(scale: Scale, device: torch.device) -> dict:
+    log(f"decode: fp32 matmul {scale.matmul_n}^3 ...")
+    gflops = matmul_gflops(scale.matmul_n, device)
+    figures, rows = {"matmul_gflops": gflops}, []
+    context = scale.prompt_tokens + scale.decode_tokens / 2  # mean cached length while decoding
+    for size in SIZES:
+        policy, tokenizer = build(size, device)
+        flops = flops_per_token(policy, context)
+        figures[f"params_{size}"] = param_count(policy)
+        figures[f"flops_per_token_{size}"] = flops
+        decode_tok_s(policy, tokenizer, 16, replace(scale, decode_tokens=2), device)  # warm-up
+        for batch in scale.decode_batches:
+            log(f"decode: {size} batch {batch} ...")
+            tok_s = decode_tok_s(policy, tokenizer, batch, scale, device)
+            pct = 100 * tok_s * flops / (gflops * 1e9)
+            figures[f"decode_tok_s_b{batch}_{size}"] = tok_s
+            figures[f"decode_pct_of_matmul_b{batch}_{size}"] = pct
+            rows.append([size, f"{param_count(policy):,}", batch, tok_s, f"{pct:.2f}%"])
+    table(f"1. Engine decode ({scale.decode_tokens} tokens after a {scale.prompt_tokens}-token prompt; "
+          f"fp32 matmul {gflops:.1f} GFLOP/s on {torch.get_num_threads()} threads)",
+          ["model", "params", "batch", "tokens/s", "% of matmul roof"], rows)
+    return figures
+
+
+# ---- 2 + 3. multi-turn rollouts: engine vs naive -----------------------------------------------
+class LegalFallback(gym.ActionWrapper):
+    """Swaps an action the env would reject for its first legal action, so an untrained policy's
+    garbage does not end the episode: its length is then the game's, the same for both approaches."""
+
+    def action(self, action: str) -> str:
+        legal = self.env.unwrapped.legal_actions()
+        return action if action.strip() in legal else legal[0]
+
+
+def tictactoe():
+    return LegalFallback(gym.make("TicTacToe-v0", disable_env_checker=True))
+
+
+def key_to_door(turns: int):
+    """KeyToDoor episodes of exactly ``turns`` turns: key, turns - 2 distractors, door (a time limit
+    cuts the one-turn case after the key)."""
+    return lambda: LegalFallback(gym.make("KeyToDoor-v0", delay=max(turns - 2, 0), max_episode_steps=turns,
+                                          disable_env_checker=True))
+
+
+def action_budget(env_id: str) -> int:
+    """The trainer's default action budget for ``env_id`` (its action space's max_length)."""
+    return open_env(env_id, {}).action_tokens
+
+
+def engine_collect(policy, tokenizer, make_env, envs: int, episodes: int, budget: int, device) -> list[int]:
+    """Turns per episode of ``episodes`` episodes played by rl_vf's engine on ``envs`` rows."""
+    engine = RolloutEngine(policy, tokenizer, make_env, envs, budget, device)
+    played = engine.collect(list(range(episodes)), torch.Generator(device=device).manual_seed(0))
+    engine.close()
+    return [len(e.actions) for e in played]
+
+
+@torch.no_grad()
+def naive_collect(policy, tokenizer, make_env, envs: int, episodes: int, budget: int, device) -> list[int]:
+    """The same episodes played as a user would without a persistent KV cache: every turn, one
+    batched ``generate`` over each live env's FULL transcript so far (left-padded), then env.step.
+    Finished rows are refilled with the next episode, as the engine does. Returns turns per episode."""
+    lm, pad, stops = policy.lm, tokenizer.pad_token_id, set(stop_ids(tokenizer))
+    torch.manual_seed(0)
+    turns = [0] * episodes
+
+    def start(env, episode: int) -> list:
+        obs, _ = env.reset(seed=episode)
+        return [env, episode, [tokenizer.bos_token_id] + tokenizer.encode(obs, add_special_tokens=False)]
+
+    rows = [start(make_env(), i) for i in range(min(envs, episodes))]  # [env, episode, transcript tokens]
+    next_episode = len(rows)
+    while rows:
+        lengths = torch.tensor([len(r[2]) for r in rows])
+        width = int(lengths.max())
+        ids = torch.tensor([[pad] * (width - len(r[2])) + r[2] for r in rows], device=device)
+        # From the lengths, not ids != pad: an unconstrained policy may sample the pad token itself.
+        attention = (torch.arange(width)[None, :] >= width - lengths[:, None]).long().to(device)
+        out = lm.generate(ids, attention_mask=attention, max_new_tokens=budget, do_sample=True,
+                          temperature=1.0, top_k=0, top_p=1.0, eos_token_id=sorted(stops), pad_token_id=pad)
+        live = []
+        for (env, episode, transcript), new in zip(rows, out[:, width:].tolist()):
+            cut = next((i + 1 for i, t in enumerate(new) if t in stops), len(new))  # keep the stop token
+            obs, _, terminated, truncated, _ = env.step(action_text(tokenizer, new[:cut]))
+            turns[episode] += 1
+            if not (terminated or truncated):
+                transcript += new[:cut] + tokenizer.encode(obs, add_special_tokens=False)
+                live.append([env, episode, transcript])
+            elif next_episode < episodes:
+                live.append(start(env, next_episode))
+                next_episode += 1
+            else:
+                env.close()
+        rows = live
+    return turns
+
+
+APPROACHES = {"engine": engine_collect, "naive": naive_collect}
+
+
+def play(approach: str, policy, tokenizer, make_env, envs, episodes, budget, device) -> tuple[list[int], float]:
+    """``(turns per episode, seconds)`` of one approach, after a two-episode warm-up (first calls
+    pay for allocations and lazy set-up that a long run amortises)."""
+    collect = APPROACHES[approach]
+    collect(policy, tokenizer, make_env, min(envs, 2), 2, budget, device)
+    return timed(lambda: collect(policy, tokenizer, make_env, envs, episodes, budget, device), device)
+
+
+def bench_multiturn(scale: Scale, device: torch.device) -> dict:
+    cases = {"tictactoe": ("TicTacToe-v0", tictactoe), "keytodoor32": ("KeyToDoor-v0", key_to_door(34))}
+    figures, rows = {}, []
+    for size, episodes in scale.multiturn_episodes:
+        policy, tokenizer = build(size, device)
+        for name, (env_id, make_env) in cases.items():
+            budget = action_budget(env_id)
+            rate = {}
+            for approach in APPROACHES:
+                log(f"multiturn: {name} {size} {approach} ({episodes} episodes on {scale.multiturn_envs} envs) ...")
+                turns, seconds = play(approach, policy, tokenizer, make_env, scale.multiturn_envs, episodes, budget,
+                                      device)
+                rate[approach] = sum(turns) / seconds
+                figures[f"{name}_{approach}_ep_s_{size}"] = episodes / seconds
+                figures[f"{name}_{approach}_turns_s_{size}"] = rate[approach]
+                figures[f"{name}_{approach}_turns_per_ep_{size}"] = sum(turns) / episodes
+                rows.append([name, size, approach, episodes / seconds, rate[approach], sum(turns) / episodes])
+            figures[f"{name}_engine_over_naive_{size}"] = rate["engine"] / rate["naive"]
+            rows.append([name, size, "engine / naive", "", f"{rate['engine'] / rate['naive']:.2f}x", ""])
+    table(f"2. Multi-turn rollouts ({scale.multiturn_envs} envs in parallel; ratio of turns/s)",
+          ["env", "model", "approach", "episodes/s", "turns/s", "turns/episode"], rows)
+    return figures
+
+
+def bench_scaling(scale: Scale, device: torch.device) -> dict:
+    """Seconds per episode against episode length; each point plays about the same number of turns."""
+    figures, rows = {}, []
+    budget = action_budget("KeyToDoor-v0")
+    for size in SIZES:
+        policy, tokenizer = build(size, device)
+        for approach in APPROACHES:
+            seconds_per_episode = []
+            for turns in scale.scaling_turns:
+                episodes = max(scale.scaling_envs, scale.scaling_turn_budget // turns)
+                log(f"scaling: {size} {approach} {turns} turns ({episodes} episodes) ...")
+                played, seconds = play(approach, policy, tokenizer, key_to_door(turns), scale.scaling_envs, episodes,
+                                       budget, device)
+                assert set(played) == {turns}, f"expected {turns}-turn episodes, got {sorted(set(played))}"
+                seconds_per_episode.append(seconds / episodes)
+                figures[f"scaling_{approach}_s_per_ep_t{turns}_{size}"] = seconds / episodes
+            slope = float(np.polyfit(np.log(scale.scaling_turns), np.log(seconds_per_episode), 1)[0])
+            figures[f"scaling_{approach}_slope_{size}"] = slope
+            rows.append([size, approach, *seconds_per_episode, f"{slope:.2f}"])
+    table(f"3. Seconds per episode against turns (KeyToDoor, {scale.scaling_envs} envs; slope of log-log fit)",
+          ["model", "approach", *(f"{t} turns" for t in scale.scaling_turns), "slope"], rows)
+    return figures
+
+
+# ---- 4. end to end against TRL -----------------------------------------------------------------
+def save_arithmetic_model(folder: str) -> str:
+    """The tiny model with Arithmetic-v0's alphabet, saved for both trainers to load. Its generation
+    config lists every stop token, so TRL's generate stops (and masks) at a newline like the engine."""
+    policy, tokenizer = build("tiny", torch.device("cpu"), alphabet=open_env("Arithmetic-v0", ARITHMETIC).alphabet)
+    policy.lm.generation_config.eos_token_id = stop_ids(tokenizer)
+    policy.save_pretrained(folder, tokenizer)
+    return folder
+
+
+def run_rl_vf(model_dir: str, scale: Scale, device: torch.device, threads: int, run_dir: str):
+    """REINFORCE with the group baseline: ``(step end times, success per step, reset seeds per step)``."""
+    batch = scale.trl_prompts * scale.trl_generations
+    cfg = TrainConfig(env="Arithmetic-v0", env_kwargs=ARITHMETIC, model=model_dir, device=device.type, threads=threads,
+                      algo="reinforce", baseline="group", group_size=scale.trl_generations, episodes_per_update=batch,
+                      num_envs=batch, minibatch_size=batch, epochs=1, lr=scale.trl_lr, lr_schedule="constant",
+                      ent_coef=0.0, kl_coef=0.0, normalize_advantages=False, constrain_actions=False).validate()
+    trainer = Trainer(cfg, run_dir)
+    trainer.policy.train()
+    ends, success, seeds = [], [], []
+    for _ in range(scale.trl_steps):  # Trainer.train's loop, without its logging, evaluation and checkpoints
+        step_seeds = trainer.episode_seeds()
+        episodes = trainer.engine.collect(step_seeds, trainer.generator)
+        trainer.update(RolloutBatch.from_episodes(episodes, trainer.tokenizer.pad_token_id, cfg.group_size).to(device))
+        trainer.update_idx += 1
+        sync(device)
+        ends.append(time.perf_counter())
+        success.append(sum(e.success for e in episodes) / len(episodes))
+        seeds.extend(step_seeds[:: cfg.group_size])
+    return ends, success, seeds
+
+
+def run_trl(model_dir: str, scale: Scale, device: torch.device, seeds: list[int], out_dir: str):
+    """trl's GRPOTrainer on the same prompts: ``(step end times, success per step)``."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    env = gym.make("Arithmetic-v0", disable_env_checker=True, **ARITHMETIC)
+    prompts = [env.reset(seed=s)[0] for s in seeds]
+    success = []
+
+    def env_reward(prompts, completions, seed, **kwargs):
+        """The env's reward for each completion, read as the engine reads an action."""
+        rewards = []
+        for text, s in zip(completions, seed):
+            env.reset(seed=s)
+            rewards.append(env.step(text.split("\n", 1)[0])[1])
+        success.append(sum(r > 0 for r in rewards) / len(rewards))
+        return rewards
+
+    class StepEnds(TrainerCallback):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sync(device)
+            self.ends.append(time.perf_counter())
+
+    config = GRPOConfig(
+        output_dir=out_dir, report_to="none", use_cpu=device.type == "cpu", bf16=False, activation_checkpointing=False,
+        per_device_train_batch_size=scale.trl_prompts * scale.trl_generations, num_generations=scale.trl_generations,
+        gradient_accumulation_steps=1, max_steps=scale.trl_steps, max_completion_length=action_budget("Arithmetic-v0"),
+        learning_rate=scale.trl_lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, beta=0.0,
+        num_iterations=1, epsilon=0.2, scale_rewards="group", loss_type="dapo", temperature=1.0, top_p=1.0, top_k=0,
+        shuffle_dataset=False, save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0,
+    )
+    # BOS first, as the engine starts every transcript (the char tokenizer adds none by itself).
+    dataset = Dataset.from_dict({"prompt": ["<bos>" + p for p in prompts], "seed": seeds})
+    callback = StepEnds()
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=env_reward, args=config, train_dataset=dataset,
+                          callbacks=[callback])
+    trainer.remove_callback(PrinterCallback)  # it prints to stdout, which is the table's
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers deprecations that trl still triggers
+        trainer.train()
+    return callback.ends, success
+
+
+def bench_trl(scale: Scale, device: torch.device, threads: int) -> dict:
+    batch = scale.trl_prompts * scale.trl_generations
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_arithmetic_model(os.path.join(tmp, "model"))
+        log(f"trl: rl_vf REINFORCE/group, {scale.trl_steps} steps of {batch} samples ...")
+        rl_ends, rl_success, seeds = run_rl_vf(model_dir, scale, device, threads, os.path.join(tmp, "rl_vf"))
+        log(f"trl: trl GRPOTrainer, {scale.trl_steps} steps of {batch} samples ...")
+        trl_ends, trl_success = run_trl(model_dir, scale, device, seeds, os.path.join(tmp, "trl"))
+    rate = {name: batch * (len(ends) - 1) / (ends[-1] - ends[0])
+            for name, ends in (("rl_vf", rl_ends), ("trl", trl_ends))}
+    figures = {"trl_grpo_samples_s": rate["trl"], "rl_vf_reinforce_group_samples_s": rate["rl_vf"],
+               "rl_vf_over_trl": rate["rl_vf"] / rate["trl"],
+               "trl_grpo_success_curve": trl_success, "rl_vf_reinforce_group_success_curve": rl_success}
+    table(f"4. End to end on Arithmetic-v0 (2-digit addition): {scale.trl_prompts} prompts x {scale.trl_generations} "
+          f"generations per step, {scale.trl_steps} steps", ["trainer", "samples/s", "success rate per step"],
+          [["trl GRPOTrainer", rate["trl"], " ".join(f"{s:.2f}" for s in trl_success)],
+           ["rl_vf reinforce/group", rate["rl_vf"], " ".join(f"{s:.2f}" for s in rl_success)],
+           ["rl_vf / trl", f"{rate['rl_vf'] / rate['trl']:.2f}x", ""]])
+    return figures
+
+
+# ---- 5. training step and memory ---------------------------------------------------------------
+def update_tok_s(size: str, episodes: int, device: torch.device, threads: int, run_dir: str) -> dict:
+    """Trained tokens/s of one ``Trainer.update`` per algorithm, on the same collected TicTacToe batch."""
+    tiny = SIZES[size]
+    rates, batch = {}, None
+    for algo in ("ppo", "reinforce"):
+        cfg = TrainConfig(algo=algo, episodes_per_update=episodes, num_envs=episodes, device=device.type,
+                          threads=threads, hidden_size=tiny.hidden_size, layers=tiny.layers, heads=tiny.heads,
+                          intermediate_size=tiny.intermediate_size).validate()
+        trainer = Trainer(cfg, run_dir)  # same seed, so both start from the same weights
+        if batch is None:
+            engine = RolloutEngine(trainer.policy, trainer.tokenizer, tictactoe, episodes, trainer.max_action_tokens,
+                                   device)
+            played = engine.collect(trainer.episode_seeds(), torch.Generator(device=device).manual_seed(0))
+            batch = RolloutBatch.from_episodes(played, trainer.tokenizer.pad_token_id).to(device)
+        trainer.policy.train()
+        result, seconds = timed(lambda: trainer.update(batch), device)
+        rates[algo] = result.tokens / seconds
+    return rates
+
+
+def peak_rss_mb(scale: Scale, device: torch.device, threads: int, run_dir: str) -> float:
+    """Peak RSS of a short default training run, read off the finished child process."""
+    cmd = [sys.executable, "-m", "rl_vf", "train", "--total-episodes", str(scale.train_episodes), "--wandb", "disabled",
+           "--out", run_dir, "--device", device.type, "--threads", str(threads), *scale.train_args]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux
+
+
+def bench_update(scale: Scale, device: torch.device, threads: int) -> dict:
+    figures, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size, episodes in scale.update_episodes:
+            log(f"update: {size}, {episodes} TicTacToe episodes, ppo and reinforce ...")
+            for algo, tok_s in update_tok_s(size, episodes, device, threads, tmp).items():
+                figures[f"update_tok_s_{algo}_{size}"] = tok_s
+                rows.append([f"update tokens/s, {algo} ({size}, {episodes} episodes, default epochs/minibatch)", tok_s])
+        log(f"update: peak RSS of `rl_vf train --total-episodes {scale.train_episodes}` ...")
+        rss = peak_rss_mb(scale, device, threads, os.path.join(tmp, "run"))
+    figures["train_peak_rss_mb"] = rss
+    rows.append([f"peak RSS of `python -m rl_vf train --total-episodes {scale.train_episodes}` (MB)", rss])
+    table("5. Training step and memory", ["measure", "value"], rows)
+    return figures
+
+
+# ---- main --------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="sections:\n" + "".join(f"  {k:<10} {v}\n" for k, v in SECTIONS.items())
+                                + "\nThe JSON keys are listed in README.md (section Benchmark).")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections to run (default: all)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the models run; auto: cuda when torch sees a GPU, else cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test in well under a minute")
+    p.add_argument("--out", default="", help="also write the JSON object to this file")
+    args = p.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    scale = QUICK if args.quick else FULL
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # generate's and TRL's advice on every call would bury the table
+    hf_logging.disable_progress_bar()
+    start = time.perf_counter()
+    figures = {}
+    runners = {"decode": lambda: bench_decode(scale, device), "multiturn": lambda: bench_multiturn(scale, device),
+               "scaling": lambda: bench_scaling(scale, device), "trl": lambda: bench_trl(scale, device, args.threads),
+               "update": lambda: bench_update(scale, device, args.threads)}
+    for section in args.sections:
+        result, seconds = timed(runners[section], device)
+        figures.update(result)
+        log(f"{section}: done in {seconds:.0f} s")
+    figures["bench_wall_s"] = time.perf_counter() - start
+    print(f"\n{torch.get_num_threads()} threads on {device}; {figures['bench_wall_s']:.0f} s in all")
+    line = json.dumps(figures)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(line + "\n")
+    print(line, flush=True)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
