@@ -71,19 +71,25 @@ def pretrain_parser(sub) -> None:
     config_flags(p.add_argument_group("config keys"), PRETRAIN_KEYS, PRETRAIN_DEFAULTS)
 
 
-def eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a saved policy on fresh episodes "
-                       "and print eval/* metrics as JSON.")
+def checkpoint_args(p) -> None:
+    """The flags of the commands that load a saved policy (eval, diagnose): which checkpoint, and what
+    of its run's settings to override."""
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a checkpoint folder (checkpoints/final, checkpoints/update_N) or a run folder (uses final)")
     p.add_argument("--env", help="env id (default: the env of the run the checkpoint came from)")
     p.add_argument("--env-kwargs", default=None, metavar="JSON", help="env keyword arguments (default: the run's)")
+    p.add_argument("--max-action-tokens", type=int, default=None, help="default: the run's")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+
+
+def eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Evaluate a saved policy on fresh episodes "
+                       "and print eval/* metrics as JSON.")
+    checkpoint_args(p)
     p.add_argument("--episodes", type=int, default=1000, help="episodes to play (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the eval episodes and sampling (default: 0)")
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
                    help="play the argmax action (--no-greedy: sample); default: the run's eval_greedy")
-    p.add_argument("--max-action-tokens", type=int, default=None, help="default: the run's")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
 
 
 def diagnose_parser(sub) -> None:
@@ -95,10 +101,7 @@ def diagnose_parser(sub) -> None:
                     "\"Value diagnostics\"). Prints the value/* metrics as JSON; writes advantages.html, "
                     "advantages.png and diagnostics.json (every per-position array) to --out.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a checkpoint folder (checkpoints/final, checkpoints/update_N) or a run folder (uses final)")
-    p.add_argument("--env", help="env id (default: the env of the run the checkpoint came from)")
-    p.add_argument("--env-kwargs", default=None, metavar="JSON", help="env keyword arguments (default: the run's)")
+    checkpoint_args(p)
     p.add_argument("--episodes", type=int, default=None, metavar="N",
                    help=f"held-out episodes (default: the run's diag_episodes, else {DEFAULTS.diag_episodes})")
     p.add_argument("--states", type=int, default=None, metavar="N",
@@ -112,8 +115,6 @@ def diagnose_parser(sub) -> None:
                         f"(default: the run's diag_actions, else {DEFAULTS.diag_actions})")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out episodes and sampling (default: 0)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: CHECKPOINT/diagnostics)")
-    p.add_argument("--max-action-tokens", type=int, default=None, help="default: the run's")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
