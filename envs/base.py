@@ -57,6 +57,11 @@ def text_space(charset: str, max_length: int, min_length: int = 1) -> Text:
 class TextEnv(gymnasium.Env[str, str]):
     """A `gymnasium.Env` with string observations and actions (see the module docstring)."""
 
+    # True where `legal_actions()` lists every legal action (games); then a policy may be
+    # restricted to them (`constrain_actions: legal`). Tasks with free-form answers list only a
+    # few plausible ones, for demonstrations.
+    legal_actions_complete = False
+
     def clone(self, seed: int | None = None) -> Self:
         """An independent copy of this env, mid-episode state included.
 
@@ -77,7 +82,8 @@ class TextEnv(gymnasium.Env[str, str]):
         raise NotImplementedError(f"{type(self).__name__} has no demonstrator")
 
     def legal_actions(self) -> list[str]:
-        """Every legal action in the current state, as the exact text the env accepts."""
+        """Legal actions in the current state, as the exact text the env accepts: all of them
+        where `legal_actions_complete`, else the right one and some plausible wrong ones."""
         raise NotImplementedError(f"{type(self).__name__} does not list its legal actions")
 
     def demo_action(self, rng: np.random.Generator, expert_prob: float) -> str:

@@ -124,6 +124,8 @@ class ChessEndgameEnv(TextEnv):
     - v0: Initial version.
     """
 
+    legal_actions_complete = True
+
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(

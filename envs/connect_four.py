@@ -247,6 +247,8 @@ class ConnectFourEnv(TextEnv):
     - v0: Initial version.
     """
 
+    legal_actions_complete = True
+
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(

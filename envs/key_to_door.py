@@ -63,6 +63,8 @@ class KeyToDoorEnv(TextEnv):
     - v0: Initial version.
     """
 
+    legal_actions_complete = True
+
     metadata = {"render_modes": []}
 
     def __init__(self, delay: int = 16, distractor_reward_std: float = 0.0):

@@ -120,6 +120,8 @@ class TicTacToeEnv(TextEnv):
     - v0: Initial version.
     """
 
+    legal_actions_complete = True
+
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(

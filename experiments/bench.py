@@ -376,7 +376,7 @@ def run_rl_vf(model_dir: str, scale: Scale, device: torch.device, threads: int, 
     cfg = TrainConfig(env="Arithmetic-v0", env_kwargs=ARITHMETIC, model=model_dir, device=device.type, threads=threads,
                       algo="reinforce", baseline="group", group_size=scale.trl_generations, episodes_per_update=batch,
                       num_envs=batch, minibatch_size=batch, epochs=1, lr=scale.trl_lr, lr_schedule="constant",
-                      ent_coef=0.0, kl_coef=0.0, normalize_advantages=False, constrain_actions=False).validate()
+                      ent_coef=0.0, kl_coef=0.0, normalize_advantages=False, constrain_actions="none").validate()
     trainer = Trainer(cfg, run_dir)
     trainer.policy.train()
     ends, success, seeds = [], [], []

@@ -142,6 +142,11 @@ def latest_checkpoint(run_dir: str) -> str:
     return os.path.join(ckpt_root, found[-1])
 
 
+# What a run's checkpoints are tied to: a resume may extend or re-log a run, not change these.
+RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "model", "critic", "hidden_size", "layers", "heads",
+                "intermediate_size", "constrain_actions", "max_action_tokens", "group_size")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rl_vf.metrics_log import MetricsLog
     from rl_vf.trainer import Trainer, TrainingDiverged, write_config
@@ -152,7 +157,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_config = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(run_config):
             raise ConfigError(f"cannot resume {args.resume!r}: no config.yaml there")
+        saved = make_config(load_yaml(run_config), {"out": args.resume})
         cfg = make_config(load_yaml(run_config), file_layer, flags, {"out": args.resume})
+        changed = [f"{k}={getattr(saved, k)!r} (asked: {getattr(cfg, k)!r})" for k in RESUME_FIXED
+                   if getattr(cfg, k) != getattr(saved, k)]
+        if changed:
+            raise ConfigError(f"cannot resume {args.resume!r} with a different {', '.join(changed)}: its checkpoints "
+                              f"belong to that setup; start a new run instead")
         checkpoint = latest_checkpoint(args.resume)
     else:
         cfg = make_config(file_layer, flags)
@@ -227,8 +238,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     c = open_checkpoint(args)
     greedy = c.run.eval_greedy if args.greedy is None else args.greedy
-    metrics, _ = evaluate(c.policy, c.tokenizer, c.env_info.make, args.episodes, args.seed, greedy, c.run.num_envs,
-                          c.max_action_tokens, c.device, c.run.env_threads)
+    metrics, _ = evaluate(c.policy, c.tokenizer, c.env_info.make, c.run, args.episodes, args.seed, greedy,
+                          c.max_action_tokens, c.device)
     print(json.dumps({"checkpoint": c.path, "env": c.env, "greedy": greedy, "eval/episodes": args.episodes, **metrics,
                       **success_ci(metrics, args.episodes)}, indent=2))
     return 0

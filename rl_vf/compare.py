@@ -46,6 +46,7 @@ from rl_vf import stats
 from rl_vf.advantages import BASELINES
 from rl_vf.algos import ALGOS
 from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, make_config, unknown_key
+from rl_vf.metrics_log import log_report
 
 METRICS = ("eval/success_rate", "eval/return_mean")  # higher is better; summary.json has both
 X_AXES = {"train/episodes": "episodes", "train/env_steps": "env steps",
@@ -626,6 +627,7 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
                              "variants": {v.name: v.overrides for v in comp.variants}, "seeds": comp.seeds,
                              "common": comp.common, "threshold_fraction": comp.threshold, "smooth_updates": SMOOTH,
                              "bootstrap": {"reps": REPS, "alpha": ALPHA, "seed": seed}}
+    results["plots"] = plots
     write_outputs(comp.out, "report", "results.json", blocks, results, f"rl-vf comparison {comp.name}")
     return results
 
@@ -634,6 +636,9 @@ def run_comparison(comp: Comparison, jobs: int) -> tuple[int, dict]:
     """Run what is missing, write the report; exit code 1 if a run failed."""
     failed = run_all(comp, jobs)
     results = write_report(comp)
+    pages = [os.path.join(comp.out, p) for p in [*results["plots"].values(), "report.html"]]
+    log_report(comp.out, comp.name, comp.wandb,
+               {f"report/{os.path.splitext(os.path.basename(p))[0]}": p for p in pages})
     for line in results["verdict"]:
         print(line)
     print(f"report: {os.path.join(comp.out, 'report.md')} (report.html, results.json, plots/)")

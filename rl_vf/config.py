@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "linear")
 CRITICS = ("shared", "separate")
+CONSTRAINTS = ("none", "charset", "legal")
 
 
 class ConfigError(ValueError):
@@ -62,7 +63,10 @@ class TrainConfig:
                            "CodeFunction's sandbox; pure-Python envs gain nothing)", 1)
     max_action_tokens: int = doc("an action ends at a newline, EOS or this many tokens (0: the env's Text action "
                                  "space max_length, or 64)", 0)
-    constrain_actions: bool = doc("sample only stop tokens and tokens spelled with the env's action-space characters", True)
+    constrain_actions: str = doc(f"{' | '.join(CONSTRAINTS)}: charset samples only stop tokens and tokens spelled "
+                                 "with the env's action-space characters; legal samples only the env's legal actions "
+                                 "(envs that list them all: TicTacToe, ConnectFour, ChessEndgame, Chess, KeyToDoor), "
+                                 "and the loss scores the same restricted distribution", "charset")
     group_size: int = doc("K episodes per initial state (needed >= 2 by baselines rloo and group)", 1)
     # Credit assignment.
     gamma: float = doc("discount, applied once per env step (turn), never per token", 1.0)
@@ -118,6 +122,7 @@ class TrainConfig:
         choice(self.wandb, WANDB_MODES, "wandb")
         choice(self.device, DEVICES, "device")
         choice(self.precision, PRECISIONS, "precision")
+        choice(self.constrain_actions, CONSTRAINTS, "constrain_actions")
         choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         choice(self.critic, CRITICS, "critic")
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",

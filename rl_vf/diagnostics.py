@@ -37,7 +37,7 @@ from rl_vf.algos import ppo
 from rl_vf.compare import jsonable, pyplot
 from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, Start
 from rl_vf.metrics_log import keep_rows_up_to
-from rl_vf.trainer import explained_variance, score_batch
+from rl_vf.trainer import engine_for, explained_variance, score_batch
 
 DIAG_SEED_OFFSET = 3 * 2**61  # held-out reset seeds: above training's, below evaluation's 2**62 + ...
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # of an episode's action tokens (failure AUROC)
@@ -349,8 +349,7 @@ def diagnose(policy, tokenizer, make_env: Callable[[], gym.Env], cfg, generator:
     Reads ``cfg``: seed, gamma, lam, baseline, num_envs, minibatch_size and the diag_* keys.
     All randomness comes from ``generator``; the policy is left in the mode it came in.
     """
-    engine = RolloutEngine(policy, tokenizer, make_env, min(cfg.num_envs, cfg.diag_episodes), max_action_tokens, device,
-                           env_threads=cfg.env_threads)
+    engine = engine_for(policy, tokenizer, make_env, cfg, cfg.diag_episodes, max_action_tokens, device)
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
     was_training = policy.training
     policy.eval()
@@ -474,12 +473,15 @@ def report_row(report: Report) -> dict:
     return jsonable({**report.metrics, **report.arrays})
 
 
-def write_update(report: Report, diag_dir: str, update: int) -> None:
-    """A training run's pass: maps under ``diag_dir/update_N/``, a row in ``diag_dir/diagnostics.jsonl``
-    (rows from a later update, left by a run that resumed from an earlier checkpoint, are dropped)."""
-    write_maps(report, os.path.join(diag_dir, f"update_{update:06d}"))
+def write_update(report: Report, diag_dir: str, update: int) -> str:
+    """A training run's pass: maps under ``diag_dir/update_N/`` (returned), a row in
+    ``diag_dir/diagnostics.jsonl`` (rows from a later update, left by a run that resumed from an
+    earlier checkpoint, are dropped)."""
+    maps = os.path.join(diag_dir, f"update_{update:06d}")
+    write_maps(report, maps)
     path = os.path.join(diag_dir, JSONL)
     keep_rows_up_to(path, update - 1)
     with open(path, "a") as f:
         f.write(json.dumps({"update": update, **report_row(report)}) + "\n")
+    return maps
 

@@ -10,6 +10,8 @@ row is refilled with a new episode by masking out its old columns and restarting
 at 0; columns dead in every row are compacted away, so the cache stays about one episode long.
 The token-level contract (masks, reward placement) is in DESIGN.md.
 
+With ``legal_only`` each action is sampled from the env's legal actions alone (rl_vf/legal.py).
+
 An episode starts from a reset seed, or mid-way from a ``Start`` (an env already in some state and
 the transcript that led there), which is how value diagnostics branch Monte-Carlo continuations.
 """
@@ -24,6 +26,7 @@ from typing import Callable, Sequence
 import gymnasium as gym
 import torch
 
+from rl_vf.legal import Key, LegalActions, pack_keys
 from rl_vf.policy import Policy, PolicyCache
 
 
@@ -45,6 +48,8 @@ class Episode:
     # info["value"] (the env's exact value, where it has one) of every state the episode passed
     # through: the first state, then the state after each step; NaN where the env reports none.
     true_values: list[float] = field(default_factory=list)
+    # (position, allowed token ids) of each action token sampled under legal-action decoding.
+    legal: list[tuple[int, Key]] = field(default_factory=list)
 
     def record_step(self, reward: float, info: dict, done: bool) -> None:
         """An env step's outcome: its reward sits on the last action token (DESIGN.md)."""
@@ -54,8 +59,10 @@ class Episode:
         if done:
             self.success = bool(info.get("success", False))
 
-    def extend(self, tokens, is_action: bool, logprobs=None, values=None):
+    def extend(self, tokens, is_action: bool, logprobs=None, values=None, legal_keys=None):
         n = len(tokens)
+        if legal_keys is not None:
+            self.legal.extend((len(self.tokens) + i, key) for i, key in enumerate(legal_keys))
         self.tokens.extend(tokens)
         self.action_mask.extend([int(is_action)] * n)
         self.rewards.extend([0.0] * n)
@@ -94,6 +101,10 @@ class RolloutBatch:
     group_ids: torch.Tensor
     sample_logprobs: torch.Tensor
     sample_values: torch.Tensor
+    # Legal-action decoding (rl_vf/legal.py pack_keys): which allowed set each token was sampled
+    # from, and the sets' token ids; both None when no token was constrained.
+    legal_index: torch.Tensor | None = None
+    legal_ids: torch.Tensor | None = None
 
     @classmethod
     def from_episodes(cls, episodes: list[Episode], pad_id: int, group_size: int = 1) -> "RolloutBatch":
@@ -114,10 +125,15 @@ class RolloutBatch:
             group_ids=torch.arange(len(episodes)) // group_size,
             sample_logprobs=pad("logprobs", 0.0, torch.float32),
             sample_values=pad("values", 0.0, torch.float32),
+            **dict(zip(("legal_index", "legal_ids"), pack_keys([e.legal for e in episodes], T) or ())),
         )
 
     def to(self, device) -> "RolloutBatch":
-        return RolloutBatch(**{k: v.to(device) for k, v in vars(self).items()})
+        return RolloutBatch(**{k: v.to(device) if v is not None else None for k, v in vars(self).items()})
+
+    def legal(self, sl) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``legal`` argument of ``Policy.score`` for the rows/columns ``sl`` (None: unconstrained)."""
+        return None if self.legal_index is None else (self.legal_index[sl], self.legal_ids)
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -160,6 +176,8 @@ class RolloutEngine:
         device: torch.device | str = "cpu",
         sync_every: int | None = None,
         env_threads: int = 1,
+        legal_only: bool = False,
+        values: bool = True,
     ):
         self.policy = policy
         self.tokenizer = tokenizer
@@ -179,6 +197,10 @@ class RolloutEngine:
         # Envs whose step waits on a subprocess (CodeFunction's sandbox) step side by side in threads;
         # a pure-Python env gains nothing from threads (the GIL), so 1 steps them in turn.
         self.pool = ThreadPoolExecutor(env_threads) if env_threads > 1 else None
+        # Without values a separate critic is not run (Policy.new_cache); episodes' values are then 0.
+        self.values = values
+        self.legal = LegalActions(lambda text: list(self.encode(text)), self.stop) if legal_only else None
+        self._dense: dict[Key, torch.Tensor] = {}  # allowed set -> (V,) bool, on the device
 
     def close(self) -> None:
         for env in self.envs:
@@ -210,7 +232,7 @@ class RolloutEngine:
             envs[b], tokens = self._start(episodes, b, starts[b], own[b])
             pending.append(tokens)
         next_episode = len(envs)
-        kv = _RowCache(self.policy, len(envs), self.device)
+        kv = _RowCache(self.policy, len(envs), self.device, self.values)
 
         while row_episode:
             # Prefill every row's pending tokens as one right-padded chunk.
@@ -221,16 +243,17 @@ class RolloutEngine:
             real = torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]
             logits, values = kv.forward(ids.to(self.device), real)
             rows = torch.arange(len(pending), device=self.device)
-            action = self._decode(kv, logits[rows, lens - 1], values[rows, lens - 1], generator, greedy)
+            tries = [self.legal.trie(env) for env in envs] if self.legal else None
+            action = self._decode(kv, logits[rows, lens - 1], values[rows, lens - 1], generator, greedy, tries)
 
             # Step the envs; refill finished rows, or drop them once every episode has started.
             texts = [self._decode_action(tokens) for tokens, *_ in action]
             results = self._step(envs, texts)
             keep, fresh = [], []
             for b, (obs, reward, terminated, truncated, info) in enumerate(results):
-                tokens, logprobs, values_b, unfed = action[b]
+                tokens, logprobs, values_b, keys, unfed = action[b]
                 ep = episodes[row_episode[b]]
-                ep.extend(tokens, is_action=True, logprobs=logprobs, values=values_b)
+                ep.extend(tokens, is_action=True, logprobs=logprobs, values=values_b, legal_keys=keys)
                 ep.actions.append(texts[b])
                 ep.record_step(reward, info, terminated or truncated)
                 ep.true_values.append(true_value(info))
@@ -270,15 +293,22 @@ class RolloutEngine:
         episodes[i].extend(tokens, is_action=False)
         return env, tokens
 
-    def _decode(self, kv: "_RowCache", logits, values, generator, greedy) -> list[tuple]:
-        """Sample one action per row until a stop token or the budget.
+    def _decode(self, kv: "_RowCache", logits, values, generator, greedy, tries=None) -> list[tuple]:
+        """Sample one action per row until a stop token or the budget; with ``tries`` (one per row,
+        legal-action decoding) only tokens that keep the row's action legal.
 
-        Returns per row ``(tokens, logprobs, values, unfed)``; ``unfed`` is 1 when the last token
-        is not in the cache yet (it is then prefilled with the next observation).
+        Returns per row ``(tokens, logprobs, values, keys, unfed)``: ``keys`` are the allowed sets of
+        the tokens (None when unconstrained); ``unfed`` is 1 when the last token is not in the cache
+        yet (it is then prefilled with the next observation).
         """
         live = torch.ones(len(logits), dtype=torch.bool, device=self.device)
-        steps_tok, steps_lp, steps_v, steps_live = [], [], [], []
+        steps_tok, steps_lp, steps_v, steps_live, steps_keys = [], [], [], [], []
+        nodes = [0] * len(logits) if tries else None
         for step in range(self.max_action_tokens):
+            if tries:
+                keys = [t.keys[n] if n is not None else None for t, n in zip(tries, nodes)]
+                logits = logits.masked_fill(~self._allowed(keys, logits.shape[-1]), float("-inf"))
+                steps_keys.append(keys)
             logp = torch.log_softmax(logits, dim=-1)
             if greedy:
                 tok = logp.argmax(-1)
@@ -290,6 +320,8 @@ class RolloutEngine:
             steps_v.append(values)
             steps_live.append(live)
             still = live & ~self.stop[tok]
+            if tries:
+                nodes = [t.next(n, k) if n is not None else None for t, n, k in zip(tries, nodes, tok.tolist())]
             if step == self.max_action_tokens - 1:
                 break
             if (step + 1) % self.sync_every == 0 and not bool(still.any()):
@@ -302,16 +334,27 @@ class RolloutEngine:
         gen_v = torch.stack(steps_v, 1).tolist()
         gen_n = torch.stack(steps_live, 1).sum(1).tolist()
         self.tokens_generated += sum(gen_n)
-        return [(gen[b][:k], gen_lp[b][:k], gen_v[b][:k], int(u)) for b, (k, u) in enumerate(zip(gen_n, live.tolist()))]
+        keys = [[step[b] for step in steps_keys[:k]] if tries else None for b, k in enumerate(gen_n)]
+        return [(gen[b][:k], gen_lp[b][:k], gen_v[b][:k], keys[b], int(u))
+                for b, (k, u) in enumerate(zip(gen_n, live.tolist()))]
+
+    def _allowed(self, keys: list[Key | None], vocab: int) -> torch.Tensor:
+        """(R, V) bool: each row's allowed tokens (every token where its key is None)."""
+        for key in keys:
+            if key not in self._dense:
+                mask = torch.zeros(vocab, dtype=torch.bool) if key is not None else torch.ones(vocab, dtype=torch.bool)
+                mask[list(key or ())] = True
+                self._dense[key] = mask.to(self.device)
+        return torch.stack([self._dense[key] for key in keys])
 
 
 class _RowCache:
     """One KV cache shared by rows that each keep their own positions and attention columns (with a
     separate critic: the policy's and the critic's caches, kept in step)."""
 
-    def __init__(self, policy: Policy, rows: int, device: torch.device):
+    def __init__(self, policy: Policy, rows: int, device: torch.device, values: bool = True):
         self.policy = policy
-        self.cache = policy.new_cache()
+        self.cache = policy.new_cache(values)
         self.attn = torch.zeros(rows, 0, dtype=torch.bool, device=device)  # which cache columns each row sees
         self.pos = torch.zeros(rows, dtype=torch.long, device=device)  # next position id of each row
 

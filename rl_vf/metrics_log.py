@@ -27,11 +27,12 @@ class MetricsLog:
                 name=os.path.basename(os.path.normpath(run_dir)), settings=wandb.Settings(silent=True),
             )
 
-    def write(self, row: dict) -> None:
+    def write(self, row: dict, media: dict[str, str] | None = None) -> None:
+        """One update's row; ``media`` ({wandb key: PNG or HTML file}) goes to wandb only."""
         self.file.write(json.dumps({k: clean(v) for k, v in row.items()}) + "\n")
         self.file.flush()
         if self.wandb is not None:
-            self.wandb.log(row, step=row["update"])
+            self.wandb.log({**row, **wandb_media(media or {})}, step=row["update"])
 
     def summary(self, summary: dict) -> None:
         if self.wandb is not None:
@@ -41,6 +42,33 @@ class MetricsLog:
         self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def wandb_media(files: dict[str, str]) -> dict:
+    """{key: file} as wandb objects: PNGs as images, HTML pages (self-contained) as HTML panels."""
+    import wandb
+
+    out = {}
+    for key, path in files.items():
+        if path.endswith(".png"):
+            out[key] = wandb.Image(path)
+        else:
+            with open(path) as f:
+                out[key] = wandb.Html(f.read())
+    return out
+
+
+def log_report(out_dir: str, group: str, mode: str, files: dict[str, str]) -> None:
+    """A comparison's report (plots and page) as one wandb run of ``group`` with job_type "report",
+    next to the training runs it summarises (offline runs: ``wandb sync OUT/wandb``)."""
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(project="rl_vf", dir=out_dir, mode=mode, group=group, job_type="report", name=f"{group}-report",
+                     settings=wandb.Settings(silent=True))
+    run.log(wandb_media(files))
+    run.finish()
 
 
 def clean(value):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
+from rl_vf.legal import allowed_mask
 from rl_vf.tokenizer import DEFAULT_CHARS, char_tokenizer
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -96,6 +97,7 @@ class PolicyCache:
     def __init__(self, with_critic: bool):
         self.lm = DynamicCache()
         self.critic = DynamicCache() if with_critic else None
+        self.with_critic = with_critic
 
     @property
     def layers(self) -> list:
@@ -127,9 +129,11 @@ class Policy(nn.Module):
     def config(self):
         return self.lm.config
 
-    def new_cache(self) -> PolicyCache:
-        """An empty KV cache for incremental ``forward`` calls (the engine's)."""
-        return PolicyCache(with_critic=self.critic is not None)
+    def new_cache(self, values: bool = True) -> PolicyCache:
+        """An empty KV cache for incremental ``forward`` calls (the engine's). ``values=False`` leaves a
+        separate critic out: forward calls with this cache then return values of 0 and cost no critic pass
+        (rollouts whose values nobody reads)."""
+        return PolicyCache(with_critic=self.critic is not None and values)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values: PolicyCache | None = None,
                 use_cache=False):
@@ -154,6 +158,8 @@ class Policy(nn.Module):
             logits = self.lm.get_output_embeddings()(hidden).float()
             if self.critic is None:
                 values = head_values(self.value_head, hidden)
+            elif past_key_values is not None and not past_key_values.with_critic:
+                values = torch.zeros(hidden.shape[:2], device=hidden.device)
             else:
                 values, critic_cache = self.critic(input_ids, attention_mask, position_ids, critic_cache, use_cache)
         if self.allowed_tokens is not None:
@@ -162,14 +168,21 @@ class Policy(nn.Module):
             past_key_values.lm, past_key_values.critic = out.past_key_values, critic_cache
         return logits, values, past_key_values
 
-    def score(self, tokens: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False) -> dict:
+    def score(self, tokens: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False,
+              legal: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
         """Full-transcript recompute, aligned with ``tokens``: entry t scores token t.
 
         ``logprobs[:, t]`` and ``values[:, t]`` are read at position t - 1 (the position that
         predicts token t), column 0 is 0. ``next_value[:, t]`` is the value after token t
-        (used to bootstrap truncated episodes from their last token).
+        (used to bootstrap truncated episodes from their last token). ``legal`` (``RolloutBatch.legal``)
+        restricts each token's distribution to the set it was sampled from under legal-action decoding.
         """
         logits, values, _ = self(tokens, attention_mask=attention_mask)
+        if legal is not None:
+            index, ids = legal
+            # Position t predicts token t + 1, so it takes token t + 1's allowed set.
+            following = torch.cat([index[:, 1:], torch.zeros_like(index[:, :1])], 1)
+            logits = logits.masked_fill(~allowed_mask(following, ids, logits.shape[-1]), float("-inf"))
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         zero = torch.zeros_like(values[:, :1])
         token_logp = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from rl_vf.advantages import gae
 from rl_vf.algos.losses import masked_mean
 from rl_vf.config import ConfigError, TrainConfig
-from rl_vf.engine import Episode, RolloutBatch
+from rl_vf.engine import Episode, RolloutBatch, stop_token_mask
+from rl_vf.legal import LegalActions
 from rl_vf.trainer import (clip_gradients, episode_metrics, evaluate, minibatch_parts, open_env, policy_for_env,
                            resolve_device, write_config)
 
@@ -31,8 +32,9 @@ def stop_token(tokenizer) -> int:
 
 
 def demo_episode(env, seed: int, rng: np.random.Generator, expert_prob: float, tokenizer,
-                 max_action_tokens: int) -> Episode:
-    """One demonstration, laid out as the rollout engine lays out a sampled episode."""
+                 max_action_tokens: int, legal: LegalActions | None = None) -> Episode:
+    """One demonstration, laid out as the rollout engine lays out a sampled episode (with ``legal``, each
+    action token keeps its allowed set, as under legal-action decoding)."""
     def encode(text):
         return tokenizer.encode(text, add_special_tokens=False)
 
@@ -49,7 +51,8 @@ def demo_episode(env, seed: int, rng: np.random.Generator, expert_prob: float, t
                               f"max_action_tokens={max_action_tokens}; raise --max-action-tokens")
         if len(tokens) < max_action_tokens:
             tokens.append(stop)
-        ep.extend(tokens, is_action=True)
+        keys = legal.trie(env).keys_along(tokens) if legal else None
+        ep.extend(tokens, is_action=True, legal_keys=keys)
         ep.actions.append(action)
         obs, reward, terminated, truncated, info = env.step(action)
         ep.record_step(reward, info, terminated or truncated)
@@ -90,7 +93,10 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
     write_config(cfg, run_dir)
 
     rng = np.random.default_rng(cfg.seed)
-    episodes = [demo_episode(env, cfg.seed * 1_000_003 + i, rng, expert_prob, tokenizer, max_action_tokens)
+    legal = None
+    if cfg.constrain_actions == "legal":
+        legal = LegalActions(lambda text: tokenizer.encode(text, add_special_tokens=False), stop_token_mask(tokenizer))
+    episodes = [demo_episode(env, cfg.seed * 1_000_003 + i, rng, expert_prob, tokenizer, max_action_tokens, legal)
                 for i in tqdm(range(demos), desc=f"demos {cfg.env}", unit="ep", mininterval=1.0)]
     env.close()
     batch = RolloutBatch.from_episodes(episodes, tokenizer.pad_token_id).to(device)
@@ -108,7 +114,7 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
         for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
             optimizer.zero_grad(set_to_none=True)
             for sl, weight in minibatch_parts(lengths, batch.action_mask, idx.to(device)):
-                out = policy.score(batch.tokens[sl], batch.attention_mask[sl])
+                out = policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl))
                 mask = batch.action_mask[sl]
                 nll = -masked_mean(out["logprobs"], mask)
                 vf = 0.5 * masked_mean((out["values"] - reward_to_go[sl]) ** 2, mask)
@@ -124,8 +130,8 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
 
     final = os.path.join(run_dir, "checkpoints", "final")
     policy.save_pretrained(final, tokenizer)
-    metrics, _ = evaluate(policy, tokenizer, env_info.make, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
-                          cfg.num_envs, max_action_tokens, device, cfg.env_threads)
+    metrics, _ = evaluate(policy, tokenizer, env_info.make, cfg, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
+                          max_action_tokens, device)
     summary = {
         "env": cfg.env, "seed": cfg.seed, "demos": demos, "expert_prob": expert_prob,
         **episode_metrics(episodes, "demo"), **history[-1], "eval/episodes": cfg.final_eval_episodes, "eval/greedy": cfg.eval_greedy, **metrics,

@@ -48,6 +48,7 @@ class EnvInfo:
     alphabet: str  # every character it shows or accepts (tiny model vocabulary)
     action_charset: str | None  # None: the action space is not Text
     action_tokens: int  # default action budget: the action space's max_length (more can only be invalid)
+    lists_legal_actions: bool  # its legal_actions() lists every legal action (constrain_actions=legal works)
 
 
 def open_env(env_id: str, env_kwargs: dict) -> EnvInfo:
@@ -63,18 +64,20 @@ def open_env(env_id: str, env_kwargs: dict) -> EnvInfo:
         raise ConfigError(f"bad env_kwargs {env_kwargs!r} for {env_id}: {e}") from None
     spaces = [sp for sp in (probe.observation_space, probe.action_space) if isinstance(sp, gym.spaces.Text)]
     action = probe.action_space if isinstance(probe.action_space, gym.spaces.Text) else None
+    complete = bool(getattr(probe.unwrapped, "legal_actions_complete", False))
     probe.close()
     return EnvInfo(
         make=lambda: gym.make(env_id, disable_env_checker=True, **env_kwargs),
         alphabet="".join("".join(sorted(sp.character_set)) for sp in spaces) or DEFAULT_CHARS,
         action_charset="".join(sorted(action.character_set)) if action else None,
         action_tokens=action.max_length if action else 64,
+        lists_legal_actions=complete,
     )
 
 
 def policy_for_env(model: str, cfg: TrainConfig, env: EnvInfo) -> tuple:
     """Load ``model`` ('tiny' or a folder) for this env: the tiny model gets the env's alphabet, and
-    with ``cfg.constrain_actions`` sampling is limited to tokens of the env's action space.
+    with ``cfg.constrain_actions`` (charset or legal) sampling is limited to tokens of the env's action space.
 
     ``cfg.critic`` decides the value function: ``separate`` keeps the folder's critic, or starts one
     as a copy of the policy and its value head; ``shared`` leaves any saved critic out."""
@@ -87,7 +90,10 @@ def policy_for_env(model: str, cfg: TrainConfig, env: EnvInfo) -> tuple:
         policy.critic = None
     elif policy.critic is None:
         policy.critic = Critic.copy_of(policy)
-    if cfg.constrain_actions and env.action_charset is not None:
+    if cfg.constrain_actions == "legal" and not env.lists_legal_actions:
+        raise ConfigError(f"constrain_actions=legal needs an env whose legal_actions() lists every legal action "
+                          f"(legal_actions_complete, envs/base.py); {cfg.env} does not: use charset or none")
+    if cfg.constrain_actions != "none" and env.action_charset is not None:
         policy.allowed_tokens = action_token_mask(tokenizer, env.action_charset)
     policy.autocast_dtype = autocast_dtype(cfg.precision, resolve_device(cfg.device))
     return policy, tokenizer
@@ -109,11 +115,18 @@ def episode_metrics(episodes: list[Episode], prefix: str) -> dict:
     }
 
 
-def evaluate(policy, tokenizer, make_env, episodes: int, seed: int, greedy: bool, num_envs: int,
-             max_action_tokens: int, device, env_threads: int = 1) -> tuple[dict, list[Episode]]:
+def engine_for(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, max_action_tokens: int,
+               device, values: bool = True) -> RolloutEngine:
+    """A rollout engine for ``episodes`` at a time, set up as ``cfg`` says (rows, env threads, decoding).
+    ``values=False``: the episodes' sampling-time values are not needed (no separate critic pass)."""
+    return RolloutEngine(policy, tokenizer, make_env, min(cfg.num_envs, episodes), max_action_tokens, device,
+                         env_threads=cfg.env_threads, legal_only=cfg.constrain_actions == "legal", values=values)
+
+
+def evaluate(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, seed: int, greedy: bool,
+             max_action_tokens: int, device) -> tuple[dict, list[Episode]]:
     """Play ``episodes`` fresh episodes with fixed reset seeds; returns eval/* metrics and the episodes."""
-    engine = RolloutEngine(policy, tokenizer, make_env, min(num_envs, episodes), max_action_tokens, device,
-                           env_threads=env_threads)
+    engine = engine_for(policy, tokenizer, make_env, cfg, episodes, max_action_tokens, device, values=False)
     seeds = [EVAL_SEED_OFFSET + seed * 7919 + i for i in range(episodes)]
     was_training = policy.training
     policy.eval()
@@ -165,9 +178,9 @@ class Trainer:
             self.reference.critic = None  # only its logprobs are read
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # samples where the logits are
-        self.engine = RolloutEngine(self.policy, self.tokenizer, self.env.make,
-                                    min(cfg.num_envs, cfg.episodes_per_update), self.max_action_tokens, self.device,
-                                    env_threads=cfg.env_threads)
+        # The update recomputes values from the transcripts, so rollouts skip a separate critic.
+        self.engine = engine_for(self.policy, self.tokenizer, self.env.make, cfg, cfg.episodes_per_update,
+                                 self.max_action_tokens, self.device, values=False)
         self.update_idx = 0
         self.episodes_done = 0
         self.wall_s = 0.0
@@ -272,7 +285,7 @@ class Trainer:
             new = self.policy.score_values(batch.tokens[sl], batch.attention_mask[sl])
             loss, terms = 0.0, {}
         else:
-            new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True)
+            new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
             pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
             entropy = masked_mean(new["entropy"], m)
             terms = {"loss/pg": pg, "loss/entropy": entropy, **{f"ppo/{k}": v for k, v in pg_stats.items()}}
@@ -338,9 +351,11 @@ class Trainer:
             }
             if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
                 row.update(self.evaluate(cfg.eval_episodes)[0])
+            media = {}
             if self.algo.USES_CRITIC and cfg.diag_every and self.update_idx % cfg.diag_every == 0:
-                row.update(self.diagnose())
-            log.write(row)
+                diag, media = self.diagnose()
+                row.update(diag)
+            log.write(row, media)
             bar.update(len(episodes))
             bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
                             inv=f"{row['train/invalid_action_rate']:.2f}", refresh=False)
@@ -351,12 +366,13 @@ class Trainer:
 
     def evaluate(self, episodes: int) -> tuple[dict, list[Episode]]:
         cfg = self.cfg
-        return evaluate(self.policy, self.tokenizer, self.env.make, episodes, cfg.seed, cfg.eval_greedy,
-                        cfg.num_envs, self.max_action_tokens, self.device, cfg.env_threads)
+        return evaluate(self.policy, self.tokenizer, self.env.make, cfg, episodes, cfg.seed, cfg.eval_greedy,
+                        self.max_action_tokens, self.device)
 
-    def diagnose(self) -> dict:
-        """Value diagnostics on held-out episodes: writes ``diagnostics/`` in the run folder and returns
-        the value/* metrics and the pass's cost (not counted in perf/wall_s, which both algos share)."""
+    def diagnose(self) -> tuple[dict, dict]:
+        """Value diagnostics on held-out episodes: writes ``diagnostics/`` in the run folder. Returns the
+        value/* metrics and the pass's cost (not counted in perf/wall_s, which both algos share), and the
+        advantage maps' files for wandb."""
         from rl_vf import diagnostics  # it imports this module
 
         t0 = time.perf_counter()
@@ -364,8 +380,10 @@ class Trainer:
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed * 1_000_003 + self.update_idx)
         report = diagnostics.diagnose(self.policy, self.tokenizer, self.env.make, self.cfg, generator,
                                       self.max_action_tokens, self.device)
-        diagnostics.write_update(report, os.path.join(self.run_dir, "diagnostics"), self.update_idx)
-        return {**report.metrics, "perf/diag_s": time.perf_counter() - t0}
+        maps = diagnostics.write_update(report, os.path.join(self.run_dir, "diagnostics"), self.update_idx)
+        media = {"diagnostics/advantages": os.path.join(maps, "advantages.png"),
+                 "diagnostics/advantages_html": os.path.join(maps, "advantages.html")}
+        return {**report.metrics, "perf/diag_s": time.perf_counter() - t0}, media
 
     def finish(self, log: MetricsLog) -> dict:
         """Final evaluation, the final policy, summary.json and a few eval transcripts."""
@@ -426,9 +444,10 @@ def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int) 
     for group in length_buckets(lengths, torch.arange(len(batch), device=lengths.device)):
         for part in group.split(chunk):
             width = int(lengths[part].max())
-            for key, value in policy.score(batch.tokens[part, :width], batch.attention_mask[part, :width]).items():
+            sl = (part, slice(0, width))
+            for key, value in policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl)).items():
                 out.setdefault(key, torch.zeros(batch.tokens.shape, dtype=value.dtype, device=value.device))
-                out[key][part, :width] = value
+                out[key][sl] = value
     return out
 
 

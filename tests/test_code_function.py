@@ -127,6 +127,14 @@ def test_invalid_code_is_rejected_without_running(no_sandbox, action):
     assert info["invalid_action"] and not info["success"] and no_sandbox == []
 
 
+def test_invalid_penalty_is_the_reward_of_invalid_code_only(no_sandbox):
+    env = new_env(invalid_penalty=0.5)
+    assert env.step("def f(:")[1] == -0.5
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step("def f(x): return None")  # valid but wrong: not penalised
+    assert reward == 0.0 and not info["invalid_action"]
+
+
 def test_valid_code_with_warnings_is_not_invalid(no_sandbox):
     env = new_env()
     with warnings.catch_warnings():
@@ -286,6 +294,7 @@ def test_unavailable_sandbox_raises_from_step_unless_allowed(monkeypatch):
         (dict(families=[]), r"families=\(\)"),
         (dict(reward="partial"), "partial"),
         (dict(attempts=0), "attempts=0"),
+        (dict(invalid_penalty=-1.0), "invalid_penalty=-1.0"),
         (dict(timeout_s=-1.0), "-1.0"),
         (dict(render_mode="human"), "human"),
     ],

@@ -10,7 +10,7 @@ from rl_vf.algos.losses import policy_loss, value_loss
 from rl_vf.cli import main
 from rl_vf.compare import make_comparison
 from rl_vf.config import ConfigError, make_config
-from rl_vf.engine import RolloutBatch
+from rl_vf.engine import RolloutBatch, RolloutEngine
 from rl_vf.policy import CRITIC_DIR, Critic, TinyConfig, load_policy
 from rl_vf.trainer import Trainer, open_env, policy_for_env
 from tests.test_cli import comparable, ttt_args
@@ -192,3 +192,19 @@ def test_variant_config_and_names(tmp_path, capsys):
         main(["train", "--help"])
     help_text = capsys.readouterr().out
     assert all(f in help_text for f in ("--critic ", "--lam-critic", "--critic-warmup-updates"))
+
+
+def test_rollouts_without_values_skip_the_separate_critic_and_sample_the_same(tmp_path):
+    t, _ = trainer_with_batch(tmp_path, critic="separate")
+    torch.nn.init.normal_(t.policy.critic.value_head.weight)  # zero at init: make its values show
+    calls = []
+    hook = t.policy.critic.register_forward_hook(lambda *_: calls.append(1))
+    seeds = t.episode_seeds()
+    cheap = t.engine.collect(seeds, torch.Generator().manual_seed(5))  # the trainer's engine: values=False
+    assert calls == [] and all(v == 0.0 for e in cheap for v in e.values)
+    full = RolloutEngine(t.policy, t.tokenizer, t.env.make, 16, t.max_action_tokens)  # values, as diagnostics
+    valued = full.collect(seeds, torch.Generator().manual_seed(5))
+    assert calls and any(v != 0.0 for e in valued for v in e.values)
+    assert [e.tokens for e in cheap] == [e.tokens for e in valued]
+    assert [e.logprobs for e in cheap] == [e.logprobs for e in valued]
+    hook.remove()
