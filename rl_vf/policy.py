@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers.cache_utils import DynamicLayer
 
 from rl_vf.legal import allowed_mask
 from rl_vf.tokenizer import DEFAULT_CHARS, char_tokenizer
@@ -87,6 +88,53 @@ class Critic(nn.Module):
         return head_values(self.value_head, out.last_hidden_state), out.past_key_values
 
 
+class GrowingLayer(DynamicLayer):
+    """A KV cache layer that appends in place. Its ``keys`` and ``values`` are views of buffers with
+    room to grow (the capacity doubles), so a decode step copies its new column, where
+    ``DynamicLayer`` concatenates, copying the whole cache every token (torch.cat was 60% of the 10M
+    model's decode time at batch 256). Tensors put in ``keys``/``values`` from outside (the engine's
+    column compaction, row selection) are adopted: the next append moves them into new buffers."""
+
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
+        end = n + key_states.shape[-2]
+        if not self._appendable(end):
+            self.buffers = tuple(self._moved(old, new, n, end) for old, new in ((self.keys, key_states),
+                                                                               (self.values, value_states)))
+        keys, values = self.buffers
+        keys[:, :, n:end] = key_states
+        values[:, :, n:end] = value_states
+        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        return self.keys, self.values
+
+    def _appendable(self, end: int) -> bool:
+        """Whether ``keys``/``values`` are still the buffers' views, with room up to ``end``."""
+        if self.buffers is None:
+            return False
+        keys, values = self.buffers
+        return (self.keys.data_ptr() == keys.data_ptr() and self.values.data_ptr() == values.data_ptr()
+                and self.keys.shape[0] == keys.shape[0] and end <= keys.shape[2])
+
+    @staticmethod
+    def _moved(old: torch.Tensor, new: torch.Tensor, n: int, end: int) -> torch.Tensor:
+        batch, heads, _, dim = new.shape
+        buffer = new.new_empty(batch, heads, max(2 * end, 64), dim)
+        if n:
+            buffer[:, :, :n] = old
+        return buffer
+
+
+def growing_cache() -> DynamicCache:
+    """A DynamicCache of GrowingLayers."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    return cache
+
+
 class PolicyCache:
     """The KV caches of one batch of rows: the policy LM's and, with a separate critic, the critic's.
 
@@ -95,8 +143,8 @@ class PolicyCache:
     """
 
     def __init__(self, with_critic: bool):
-        self.lm = DynamicCache()
-        self.critic = DynamicCache() if with_critic else None
+        self.lm = growing_cache()
+        self.critic = growing_cache() if with_critic else None
         self.with_critic = with_critic
 
     @property

@@ -199,3 +199,30 @@ def test_env_threads_play_the_same_episodes(policy_and_tokenizer):
         return [(e.tokens, e.rewards, e.actions) for e in episodes]
 
     assert play(1) == play(4)
+
+
+def test_growing_cache_layer_appends_in_place_and_matches_concatenation():
+    from transformers.cache_utils import DynamicLayer
+
+    from rl_vf.policy import GrowingLayer
+
+    torch.manual_seed(0)
+    grow, cat = GrowingLayer(), DynamicLayer()
+    chunks = [torch.randn(4, 2, w, 3) for w in (5, 1, 1, 7, 1)]
+    for i, chunk in enumerate(chunks):
+        k, v = grow.update(chunk, -chunk)
+        k_ref, v_ref = cat.update(chunk, -chunk)
+        assert torch.equal(k, k_ref) and torch.equal(v, v_ref)
+        if i == 1:
+            buffer = grow.buffers[0].data_ptr()
+    assert grow.buffers[0].data_ptr() == buffer  # 5 + 1 + 1 + 7 + 1 columns fit in the first buffer (64)
+    # Row selection and compaction replace the tensors; the next append adopts them.
+    rows = torch.tensor([2, 0])
+    grow.batch_select_indices(rows)
+    cat.batch_select_indices(rows)
+    grow.keys, grow.values = grow.keys[:, :, 3:].contiguous(), grow.values[:, :, 3:].contiguous()
+    cat.keys, cat.values = cat.keys[:, :, 3:], cat.values[:, :, 3:]
+    more = torch.randn(2, 2, 70, 3)  # also past the first capacity
+    k, v = grow.update(more, more)
+    k_ref, v_ref = cat.update(more, more)
+    assert k.shape == (2, 2, 12 + 70, 3) and torch.equal(k, k_ref) and torch.equal(v, v_ref)
