@@ -23,6 +23,7 @@ def test_endgame_warm_start_then_rl(tmp_path):
                  "--wandb", "disabled", "--out", str(run), "--threads", "1"]) == 0
     row = read_metrics(run / "metrics.jsonl")[0]
     assert row["train/episodes"] == 16 and row["train/episode_len_tokens"] > 77  # at least the first board
+    assert row["train/invalid_action_rate"] == 0.0  # the env default: sample legal moves only
 
 
 @needs_stockfish
@@ -34,4 +35,5 @@ def test_chess_against_stockfish_trains_and_leaves_no_engine(tmp_path):
                  "--wandb", "disabled", "--out", str(run), *SMALL]) == 0
     rows = read_metrics(run / "metrics.jsonl")
     assert rows[0]["train/episodes"] == 8 and "loss/vf" in rows[0]
+    assert rows[0]["train/invalid_action_rate"] == 0.0  # legal games, from an untrained policy
     assert not stockfish_processes(os.getpid())
