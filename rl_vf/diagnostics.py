@@ -155,13 +155,14 @@ class BranchPoint:
     env: gym.Env  # unwrapped, at the state; only cloned, never stepped
 
 
-def replay(make_env: Callable[[], gym.Env], episode: Episode, turns: int) -> gym.Env:
-    """A fresh env reset with the episode's seed and stepped through its first ``turns`` actions."""
+def replay(make_env: Callable[[], gym.Env], episode: Episode, turns: int) -> tuple[gym.Env, str]:
+    """A fresh env reset with the episode's seed and stepped through its first ``turns`` actions, and
+    the observation it then shows."""
     env = make_env()
-    env.reset(seed=episode.seed)
+    obs, _ = env.reset(seed=episode.seed)
     for action in episode.actions[:turns]:
-        env.step(action)
-    return env
+        obs, *_ = env.step(action)
+    return env, obs
 
 
 def clones(env: gym.Env, k: int, rng: np.random.Generator) -> list[gym.Env]:
@@ -426,13 +427,20 @@ MC_METRICS = ("value/mc_abs_error", "value/mc_bias", "value/rank_accuracy", "val
 def monte_carlo(engine: RolloutEngine, make_env, episodes: list[Episode], critic: list[list[float]], cfg, generator,
                 rng: np.random.Generator) -> tuple[dict, dict]:
     """V against V_MC at one random turn of the first ``diag_states`` episodes, and action ranking there."""
-    points = []
+    points, diverged = [], 0
     for episode, values in zip(episodes[: cfg.diag_states], critic):
         turn = int(rng.integers(len(episode.actions)))
         start = turn_starts(episode.action_mask)[turn]
-        env = replay(make_env, episode, turn)
+        env, obs = replay(make_env, episode, turn)
+        shown = list(engine.encode(obs))
+        if episode.tokens[start - len(shown):start] != shown:  # the env is not deterministic under its seed
+            env.close()  # (e.g. Stockfish below skill 20): this is not the state the critic was read at
+            diverged += 1
+            continue
         points.append(BranchPoint(episode.seed, turn, episode.tokens[:start], values[turn], start / len(episode.tokens),
                                   env.unwrapped))
+    if not points:
+        return {**dict.fromkeys(MC_METRICS, math.nan), "value/mc_replay_diverged": diverged}, {}
     mc, continuations = mc_state_values(engine, points, cfg.diag_rollouts, cfg.gamma, generator, rng)
     ranked = rank_actions(engine, points, continuations, cfg.diag_actions, cfg.diag_rollouts, cfg.gamma, generator, rng)
     for p in points:
@@ -450,6 +458,7 @@ def monte_carlo(engine: RolloutEngine, make_env, episodes: list[Episode], critic
         "value/mc_bias": float(np.mean(errors)),
         "value/rank_accuracy": accuracy,
         "value/rank_pairs": pairs,
+        "value/mc_replay_diverged": diverged,
     }, {
         "mc_abs_error_by_turn": binned_mean(turns, np.abs(errors), max(turns) + 1),
         "mc_abs_error_by_token_fraction": binned_mean(fraction_bins, np.abs(errors), FRACTION_BINS),

@@ -2,6 +2,7 @@
 the advantage maps, and the trainer hook and CLI in a tiny run."""
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_mc_value_matches_the_exact_value(digit_policy):
     engine = RolloutEngine(policy, tok, CoinPick, num_envs=256, max_action_tokens=1)
     episode = engine.collect([7], torch.Generator().manual_seed(0))[0]
     start = dg.turn_starts(episode.action_mask)[1]
-    point = dg.BranchPoint(7, 1, episode.tokens[:start], 0.0, 0.5, dg.replay(CoinPick, episode, 1))
+    point = dg.BranchPoint(7, 1, episode.tokens[:start], 0.0, 0.5, dg.replay(CoinPick, episode, 1)[0])
     with torch.no_grad():
         logits = policy(torch.tensor([point.tokens]))[0][0, -1]
     exact = 0.5 * float(torch.softmax(logits, -1)[tok.convert_tokens_to_ids("3")])
@@ -130,6 +131,38 @@ def test_mc_value_matches_the_exact_value(digit_policy):
     # Clones that shared the coin would all win or all lose after a "3": far outside this band.
     assert abs(mc[0] - exact) < 4 * math.sqrt(exact * (1 - exact) / k), (mc[0], exact)
     assert len(continuations[0]) == k and all(c.tokens[:start] == point.tokens for c in continuations[0])
+
+
+class DriftingCoin(CoinPick):
+    """CoinPick whose second observation shows how many resets came before: a replay from the seed
+    never reproduces it, as with an opponent whose randomness the seed does not fix."""
+
+    resets = 0
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = text_space("go:pick0123456789", 6)
+
+    def reset(self, seed=None, options=None):
+        DriftingCoin.resets += 1
+        return super().reset(seed=seed)
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return (obs + str(DriftingCoin.resets % 10) if self.turn == 1 else obs), *rest
+
+
+def test_states_whose_replay_diverges_are_skipped_and_counted(digit_policy):
+    policy, tok = digit_policy
+    engine = RolloutEngine(policy, tok, DriftingCoin, num_envs=4, max_action_tokens=1)
+    episodes = engine.collect([1, 2, 3, 4], torch.Generator().manual_seed(0))
+    cfg = SimpleNamespace(diag_states=4, diag_rollouts=2, diag_actions=2, gamma=1.0)
+    rng = np.random.default_rng(0)
+    turn = [int(t) for t in np.random.default_rng(0).integers(2, size=4)]  # the turns monte_carlo will pick
+    metrics, arrays = dg.monte_carlo(engine, DriftingCoin, episodes, [[0.0, 0.0]] * 4, cfg,
+                                     torch.Generator().manual_seed(1), rng)
+    assert metrics["value/mc_replay_diverged"] == turn.count(1) > 0  # turn 0's observation does replay
+    assert metrics["value/mc_replay_diverged"] + len(arrays.get("states", [])) == 4
 
 
 def test_advantage_html_has_one_span_per_token_and_png(tmp_path):
