@@ -143,7 +143,8 @@ def latest_checkpoint(run_dir: str) -> str:
 
 
 # What a run's checkpoints are tied to: a resume may extend or re-log a run, not change these.
-RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "model", "critic", "hidden_size", "layers", "heads",
+# (Not `model`: the weights come from the checkpoint, and `make train` always passes --model.)
+RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "critic", "hidden_size", "layers", "heads",
                 "intermediate_size", "constrain_actions", "max_action_tokens", "group_size")
 
 
