@@ -215,6 +215,8 @@ def coerce(name: str, value):
         return value
     if kind == "float | None" and (value is None or str(value).strip().lower() in ("none", "null", "")):
         return None
+    if name == "constrain_actions" and isinstance(value, bool):  # run configs from when it was a bool
+        return "charset" if value else "none"
     if kind == "bool":
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")

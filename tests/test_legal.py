@@ -126,6 +126,11 @@ def test_legal_decoding_is_refused_for_an_env_that_does_not_list_every_action(tm
         make_config({"constrain_actions": "yes"})
 
 
+def test_run_configs_from_when_constrain_actions_was_a_bool_still_load():
+    assert make_config({"constrain_actions": True}).constrain_actions == "charset"
+    assert make_config({"constrain_actions": False}).constrain_actions == "none"
+
+
 def test_connect_four_training_with_legal_decoding_plays_no_illegal_move(tmp_path):
     cfg = make_config({"env": "ConnectFour-v0", "algo": "ppo", "constrain_actions": "legal", "total_episodes": 64,
                        "episodes_per_update": 32, "num_envs": 32, "minibatch_size": 16, "epochs": 1,
