@@ -158,8 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_config = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(run_config):
             raise ConfigError(f"cannot resume {args.resume!r}: no config.yaml there")
-        saved = make_config(load_yaml(run_config), {"out": args.resume})
-        cfg = make_config(load_yaml(run_config), file_layer, flags, {"out": args.resume})
+        run_layer = load_yaml(run_config)
+        saved = make_config(run_layer, {"out": args.resume})
+        cfg = make_config(run_layer, file_layer, flags, {"out": args.resume})
         changed = [f"{k}={getattr(saved, k)!r} (asked: {getattr(cfg, k)!r})" for k in RESUME_FIXED
                    if getattr(cfg, k) != getattr(saved, k)]
         if changed:

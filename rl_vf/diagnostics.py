@@ -469,12 +469,15 @@ def monte_carlo(engine: RolloutEngine, make_env, episodes: list[Episode], critic
 
 
 # ---- output --------------------------------------------------------------------------------------
-def write_maps(report: Report, folder: str) -> None:
-    """``advantages.html`` and ``advantages.png`` in ``folder``."""
+def write_maps(report: Report, folder: str) -> dict[str, str]:
+    """``advantages.html`` and ``advantages.png`` in ``folder``; returns {name: path} of the two."""
     os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "advantages.html"), "w") as f:
+    files = {"advantages": os.path.join(folder, "advantages.png"),
+             "advantages_html": os.path.join(folder, "advantages.html")}
+    with open(files["advantages_html"], "w") as f:
         f.write(advantage_html(report.maps))
-    advantage_png(report.maps, os.path.join(folder, "advantages.png"))
+    advantage_png(report.maps, files["advantages"])
+    return files
 
 
 def report_row(report: Report) -> dict:
@@ -482,12 +485,11 @@ def report_row(report: Report) -> dict:
     return jsonable({**report.metrics, **report.arrays})
 
 
-def write_update(report: Report, diag_dir: str, update: int) -> str:
-    """A training run's pass: maps under ``diag_dir/update_N/`` (returned), a row in
+def write_update(report: Report, diag_dir: str, update: int) -> dict[str, str]:
+    """A training run's pass: maps under ``diag_dir/update_N/`` (their files returned), a row in
     ``diag_dir/diagnostics.jsonl`` (rows from a later update, left by a run that resumed from an
     earlier checkpoint, are dropped)."""
-    maps = os.path.join(diag_dir, f"update_{update:06d}")
-    write_maps(report, maps)
+    maps = write_maps(report, os.path.join(diag_dir, f"update_{update:06d}"))
     path = os.path.join(diag_dir, JSONL)
     keep_rows_up_to(path, update - 1)
     with open(path, "a") as f:

@@ -381,8 +381,7 @@ class Trainer:
         report = diagnostics.diagnose(self.policy, self.tokenizer, self.env.make, self.cfg, generator,
                                       self.max_action_tokens, self.device)
         maps = diagnostics.write_update(report, os.path.join(self.run_dir, "diagnostics"), self.update_idx)
-        media = {"diagnostics/advantages": os.path.join(maps, "advantages.png"),
-                 "diagnostics/advantages_html": os.path.join(maps, "advantages.html")}
+        media = {f"diagnostics/{name}": path for name, path in maps.items()}
         return {**report.metrics, "perf/diag_s": time.perf_counter() - t0}, media
 
     def finish(self, log: MetricsLog) -> dict:
