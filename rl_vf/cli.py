@@ -48,7 +48,7 @@ def config_flags(group, names, defaults: dict | None = None) -> None:
 
 # Config keys that pretraining reads; --demos and --expert-prob set the warm_start_* keys.
 PRETRAIN_KEYS = ("env", "env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size", "layers", "heads",
-                 "intermediate_size", "max_action_tokens", "constrain_actions", "warm_start_epochs", "warm_start_lr",
+                 "intermediate_size", "attention_window", "max_action_tokens", "constrain_actions", "warm_start_epochs", "warm_start_lr",
                  "minibatch_size", "vf_coef", "gamma", "max_grad_norm", "num_envs", "final_eval_episodes", "eval_greedy")
 PRETRAIN_DEFAULTS = {"warm_start_demos": 2000}
 
@@ -145,7 +145,7 @@ def latest_checkpoint(run_dir: str) -> str:
 # What a run's checkpoints are tied to: a resume may extend or re-log a run, not change these.
 # (Not `model`: the weights come from the checkpoint, and `make train` always passes --model.)
 RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "critic", "hidden_size", "layers", "heads",
-                "intermediate_size", "constrain_actions", "max_action_tokens", "group_size")
+                "intermediate_size", "attention_window", "constrain_actions", "max_action_tokens", "group_size")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

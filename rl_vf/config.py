@@ -56,6 +56,9 @@ class TrainConfig:
     layers: int = doc("tiny model: transformer layers", 2)
     heads: int = doc("tiny model: attention heads", 4)
     intermediate_size: int = doc("tiny model: MLP width", 256)
+    attention_window: int = doc("tiny model: each token attends to at most this many tokens of its episode, itself "
+                                "included (a sliding window, as in Mistral; a loaded model keeps the window it was "
+                                "saved with); 0: the whole transcript", 0)
     # Rollouts.
     episodes_per_update: int = doc("episodes collected per policy update", 1024)
     num_envs: int = doc("envs played in parallel (rows of the rollout batch)", 256)
@@ -130,6 +133,8 @@ class TrainConfig:
                      "diag_episodes", "diag_states", "diag_rollouts", "env_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.attention_window < 0:
+            raise ConfigError(f"attention_window must be >= 0 (0: no window), got {self.attention_window}")
         if self.diag_every < 0:
             raise ConfigError(f"diag_every must be >= 0 (0 disables the value diagnostics), got {self.diag_every}")
         if self.diag_actions < 2:

@@ -25,6 +25,7 @@ from rl_vf.tokenizer import DEFAULT_CHARS, char_tokenizer
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"  # a separate critic's folder inside a checkpoint
 TINY = "tiny"  # --model value that builds the built-in model from config
+WINDOW_KEY = "rl_vf_attention_window"  # config.json key of a model's attention window (0 or absent: none)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TinyConfig:
     layers: int = 2
     heads: int = 4
     intermediate_size: int = 256
+    attention_window: int = 0  # tokens each token sees (itself included); 0: the whole transcript
     max_positions: int = 4096  # RoPE: no parameters; only a long chess game needs this many
 
 
@@ -194,6 +196,7 @@ class Policy(nn.Module):
             past_key_values = self.new_cache()
         lm_cache = past_key_values.lm if past_key_values is not None else None
         critic_cache = past_key_values.critic if past_key_values is not None else None
+        attention_mask = self.attention_mask(attention_mask, input_ids)
         with self.autocast(input_ids.device):
             out = self.lm.base_model(
                 input_ids=input_ids,
@@ -248,6 +251,7 @@ class Policy(nn.Module):
         """``values`` and ``next_value`` as ``score`` gives them, with no gradient into the policy LM
         (critic warm-up): the separate critic alone, or the value head on a shared trunk run without
         gradient."""
+        attention_mask = self.attention_mask(attention_mask, tokens)
         with self.autocast(tokens.device):
             if self.critic is not None:
                 values, _ = self.critic(tokens, attention_mask=attention_mask)
@@ -255,6 +259,24 @@ class Policy(nn.Module):
             with torch.no_grad():
                 hidden = self.lm.base_model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
             return aligned_values(head_values(self.value_head, hidden))
+
+    @property
+    def attention_window(self) -> int:
+        """Tokens each token attends to, itself included (0: all before it); saved in the LM's config."""
+        return getattr(self.lm.config, WINDOW_KEY, 0) or 0
+
+    def attention_mask(self, attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+        """The mask the transformer gets: the 2-D padding mask as it is, or with an attention window
+        the 4-D mask of ``window_mask`` (in the form the attention implementation adds or selects by)."""
+        window = self.attention_window
+        if not window:
+            return attention_mask
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        allowed = window_mask(attention_mask.bool(), input_ids.shape[1], window)
+        if self.lm.config._attn_implementation == "eager":  # eager adds the mask to the scores
+            return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        return allowed
 
     def parameter_groups(self) -> list[list[nn.Parameter]]:
         """The parameters of each separately trained network, each clipped to its own gradient norm:
@@ -272,6 +294,25 @@ class Policy(nn.Module):
             self.critic.save_pretrained(os.path.join(path, CRITIC_DIR))
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
+
+
+def window_mask(live: torch.Tensor, queries: int, window: int) -> torch.Tensor:
+    """(B, 1, Q, K) bool attention mask of a sliding window over each row's own tokens.
+
+    ``live`` (B, K) marks the columns a row attends to (its tokens; padding and an old episode's
+    columns are False), the last ``queries`` of them being the new tokens. A token's position is its
+    row's count of live columns before it, as the engine and a right-padded recompute number them, so
+    the window counts a row's tokens, not cache columns. Each query sees the live columns at or before
+    its own that are less than ``window`` positions behind it, and always itself (a padding query
+    would otherwise see nothing, and softmax over nothing is NaN).
+    """
+    columns = torch.arange(live.shape[1], device=live.device)
+    query_columns = columns[-queries:]
+    position = live.cumsum(1) - 1
+    behind = position[:, -queries:, None] - position[:, None, :]  # (B, Q, K)
+    causal = columns[None, :] <= query_columns[:, None]  # (Q, K)
+    allowed = live[:, None, :] & causal & (behind < window)
+    return (allowed | (columns[None, :] == query_columns[:, None]))[:, None]
 
 
 def aligned_values(values: torch.Tensor) -> dict:
@@ -294,6 +335,7 @@ def build_tiny(tokenizer, size: TinyConfig = TinyConfig(), seed: int = 0) -> Lla
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
+    setattr(config, WINDOW_KEY, size.attention_window)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)

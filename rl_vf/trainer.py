@@ -80,12 +80,16 @@ def policy_for_env(model: str, cfg: TrainConfig, env: EnvInfo) -> tuple:
     with ``cfg.constrain_actions`` (charset or legal) sampling is limited to tokens of the env's action space.
 
     ``cfg.critic`` decides the value function: ``separate`` keeps the folder's critic, or starts one
-    as a copy of the policy and its value head; ``shared`` leaves any saved critic out."""
-    tiny = TinyConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size)
+    as a copy of the policy and its value head; ``shared`` leaves any saved critic out.
+
+    A folder's model keeps the attention window it was saved with, and ``cfg.attention_window`` is set
+    to it, so the run's config.yaml records the window the policy really has."""
+    tiny = TinyConfig(cfg.hidden_size, cfg.layers, cfg.heads, cfg.intermediate_size, cfg.attention_window)
     try:
         policy, tokenizer = load_policy(model, seed=cfg.seed, tiny=tiny, alphabet=env.alphabet)
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {model!r}: {e}") from None
+    cfg.attention_window = policy.attention_window
     if cfg.critic == "shared":
         policy.critic = None
     elif policy.critic is None:

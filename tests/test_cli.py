@@ -145,6 +145,7 @@ def bad(tmp_path, name, text):
     (["train", "--algo", "a2c"], "unknown algo 'a2c'; choose one of: ppo, reinforce"),
     (["train", "--baseline", "median"], "unknown baseline 'median'"),
     (["train", "--lr", "fast"], "lr must be float, got 'fast'"),
+    (["train", "--attention-window", "-1"], "attention_window must be >= 0 (0: no window), got -1"),
     (["train", "--config", "{tmp}/missing.yaml"], "cannot read config file"),
     (["train", "--config", "BADKEY"], "unknown config key 'learning_rate'"),
     (["train", "--config", "BADYAML"], "is not valid YAML"),

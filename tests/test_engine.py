@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rl_vf.engine import RolloutBatch, RolloutEngine, Start
-from rl_vf.policy import Critic, TinyConfig, load_policy
+from rl_vf.policy import WINDOW_KEY, Critic, TinyConfig, load_policy, window_mask
 
 
 class CountingEnv(gym.Env):
@@ -226,3 +226,71 @@ def test_growing_cache_layer_appends_in_place_and_matches_concatenation():
     k, v = grow.update(more, more)
     k_ref, v_ref = cat.update(more, more)
     assert k.shape == (2, 2, 12 + 70, 3) and torch.equal(k, k_ref) and torch.equal(v, v_ref)
+
+
+def windowed(policy, window: int):
+    """A copy of ``policy`` whose tokens each see at most ``window`` tokens."""
+    policy = copy.deepcopy(policy)
+    setattr(policy.lm.config, WINDOW_KEY, window)
+    return policy
+
+
+def test_window_mask_counts_each_rows_own_tokens():
+    # Row 0: tokens at columns 0, 1, 3, 4 (column 2 is an old episode's or padding); row 1: all live.
+    live = torch.tensor([[1, 1, 0, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    mask = window_mask(live, queries=2, window=2)[:, 0].int()  # queries: columns 3 and 4
+    assert mask.tolist() == [[[0, 1, 0, 1, 0],   # position 2 sees positions 1, 2 (column 2 is not a token)
+                              [0, 0, 0, 1, 1]],  # position 3 sees 2, 3
+                             [[0, 0, 1, 1, 0],
+                              [0, 0, 0, 1, 1]]]
+    # A padding query with no token before it sees itself, so its softmax is never over nothing.
+    assert window_mask(torch.zeros(1, 3, dtype=torch.bool), 1, 2)[0, 0].tolist() == [[False, False, True]]
+
+
+def test_attention_window_limits_what_a_token_sees(tmp_path):
+    """One layer, a window of 4: position 9 sees positions 6-9 only, so a change at position 5 reaches
+    position 8 but not 9; without the window it reaches 9 too."""
+    policy, tok = load_policy("tiny", seed=0, tiny=TinyConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64,
+                                                              attention_window=4))
+    assert policy.attention_window == 4
+    tokens = torch.tensor([tok.encode("q1>2q3>4q5", add_special_tokens=False)])
+    changed = tokens.clone()
+    changed[0, 5] = tok.encode("9", add_special_tokens=False)[0]
+    ones = torch.ones_like(tokens)
+
+    def logits(t):
+        with torch.no_grad():
+            return policy(t, attention_mask=ones)[0][0]
+
+    assert torch.equal(logits(tokens)[9], logits(changed)[9])
+    assert not torch.allclose(logits(tokens)[8], logits(changed)[8])
+    # Eager attention adds the mask to the scores (sdpa selects by it): both read the same window.
+    eager = copy.deepcopy(policy)
+    eager.lm.set_attn_implementation("eager")
+    with torch.no_grad():
+        torch.testing.assert_close(eager(changed, attention_mask=ones)[0][0], logits(changed))
+    policy.save_pretrained(str(tmp_path), tok)  # the window is part of the saved model
+    reloaded, _ = load_policy(str(tmp_path))
+    assert reloaded.attention_window == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(tokens, attention_mask=ones)[0][0], logits(tokens))
+    setattr(policy.lm.config, WINDOW_KEY, 0)
+    assert not torch.allclose(logits(tokens)[9], logits(changed)[9])
+
+
+@pytest.mark.parametrize("window", [3, 7])
+def test_windowed_rollout_matches_full_recompute(policy_either_critic, window):
+    """Sampling-time logprobs and values under an attention window equal the windowed recompute,
+    with refilled and compacted rows (the window counts a row's own tokens, not cache columns)."""
+    policy, tok = policy_either_critic
+    policy = windowed(policy, window)
+    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=5, max_action_tokens=3)
+    episodes = engine.collect(list(range(60)), torch.Generator().manual_seed(3))
+    assert max(len(e.tokens) for e in episodes) > 4 * window
+    assert_matches_recompute(policy, tok, episodes)
+    # The window changes the policy: the same transcripts score differently without it.
+    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
+    with torch.no_grad():
+        unwindowed = policy_either_critic[0].score(batch.tokens, batch.attention_mask)["logprobs"]
+    m = batch.action_mask.bool()
+    assert (unwindowed[m] - batch.sample_logprobs[m]).abs().max() > 1e-3

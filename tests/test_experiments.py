@@ -15,3 +15,28 @@ def test_random_legal_baseline_matches_the_known_rate():
     result = json.loads(proc.stdout)
     lo, hi = result["ci95"]
     assert result["episodes"] == 400 and lo < 0.585 < hi and lo <= result["success_rate"] <= hi
+
+
+def test_context_probe_runs_and_cuts_one_sample_per_move():
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        from context_probe import latest_only
+    finally:
+        sys.path.pop(0)
+    from rl_vf.engine import Episode
+
+    bos = 0
+    episode = Episode(seed=0)
+    for observation, action in (([bos, 5, 6], [9]), ([7, 8], [10, 1])):
+        episode.extend(observation, is_action=False)
+        episode.extend(action, is_action=True)
+    moves = latest_only(episode, bos)
+    assert [(m.tokens, m.action_mask) for m in moves] == [([0, 5, 6, 9], [0, 0, 0, 1]),
+                                                          ([0, 7, 8, 10, 1], [0, 0, 0, 1, 1])]
+    proc = subprocess.run([sys.executable, "experiments/context_probe.py", "--env", "TicTacToe-v0", "--steps", "2",
+                           "--demos", "20", "--moves-per-step", "32", "--window", "12"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert [row["variant"] for row in result["final"]] == ["full", "window", "latest"]
+    assert all(0 < row["nll"] < 10 and 0 <= row["accuracy"] <= 1 for row in result["final"])

@@ -70,3 +70,13 @@ def test_bf16_precision_trains_on_cpu(tmp_path):
     assert all(torch.isfinite(torch.tensor(stats[k])) for k in ("loss/pg", "loss/vf", "loss/entropy"))
     assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
     assert all(p.dtype == torch.float32 for p in t.policy.parameters())  # fp32 master weights
+
+
+def test_a_loaded_model_keeps_its_attention_window_and_the_config_says_so(tmp_path):
+    windowed = Trainer(make_config(dict(env="TicTacToe-v0", attention_window=8, **SMALL)), str(tmp_path / "a"))
+    assert windowed.policy.attention_window == 8
+    windowed.policy.save_pretrained(str(tmp_path / "model"), windowed.tokenizer)
+    cfg = make_config(dict(env="TicTacToe-v0", model=str(tmp_path / "model"), **SMALL))
+    assert cfg.attention_window == 0
+    loaded = Trainer(cfg, str(tmp_path / "b"))
+    assert loaded.policy.attention_window == 8 and cfg.attention_window == 8  # config.yaml will record 8
