@@ -96,7 +96,7 @@ def test_env_defaults_sit_between_the_defaults_and_the_user(tmp_path, capsys):
     assert make_config({"env": "ConnectFour-v0"}, {"total_episodes": 100}).total_episodes == 100
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "ConnectFour-v0: total_episodes=14000" in " ".join(capsys.readouterr().out.split())
+    assert "ConnectFour-v0: total_episodes=10240" in " ".join(capsys.readouterr().out.split())
 
 
 def test_eval_command_reads_a_run(tmp_path, capsys):
