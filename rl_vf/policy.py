@@ -275,7 +275,8 @@ class Policy(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         allowed = window_mask(attention_mask.bool(), input_ids.shape[1], window)
         if self.lm.config._attn_implementation == "eager":  # eager adds the mask to the scores
-            return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+            blocked = torch.finfo(torch.float32).min
+            return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, blocked)
         return allowed
 
     def parameter_groups(self) -> list[list[nn.Parameter]]:
