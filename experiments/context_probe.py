@@ -18,6 +18,7 @@ number of moves in every variant.
 import argparse
 import json
 import time
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -33,19 +34,18 @@ VARIANTS = ("full", "window", "latest")
 
 def latest_only(episode: Episode, bos: int) -> list[Episode]:
     """One episode per move: BOS, the observation just before the move, the move's tokens."""
-    out, mask, tokens = [], episode.action_mask, episode.tokens
-    for i in range(1, len(tokens)):
-        if mask[i] and not mask[i - 1]:
-            start = i
-            while start > 0 and not mask[start - 1]:
-                start -= 1
-            end = i
-            while end < len(tokens) and mask[end]:
-                end += 1
-            move = Episode(seed=None)
-            move.extend(([bos] if start else []) + tokens[start:i], is_action=False)
-            move.extend(tokens[i:end], is_action=True)
-            out.append(move)
+    runs, i = [], 0  # (is_action, tokens) of each run of observation or action tokens, in order
+    for is_action, group in groupby(episode.action_mask):
+        n = len(list(group))
+        runs.append((is_action, episode.tokens[i:i + n]))
+        i += n
+    out = []
+    for (_, observation), (is_action, move) in zip(runs, runs[1:]):
+        if is_action:
+            sample = Episode(seed=None)
+            sample.extend(observation if observation[0] == bos else [bos] + observation, is_action=False)
+            sample.extend(move, is_action=True)
+            out.append(sample)
     return out
 
 
