@@ -337,6 +337,11 @@ class ConnectFourEnv(TextEnv):
                 moves = [c for c in g.winning_columns(board, AGENT) if c in optimal] or optimal
         return str(min(moves, key=g.centre_rank) + 1)
 
+    @property
+    def rules(self) -> Game:
+        """The board shape's rules and exact solver (shared by every env of that shape)."""
+        return self._game
+
     def legal_actions(self) -> list[str]:
         return [str(c + 1) for c in self._game.legal_columns(self._board)]
 

@@ -40,3 +40,34 @@ def test_context_probe_runs_and_cuts_one_sample_per_move():
     result = json.loads(proc.stdout.splitlines()[-1])
     assert [row["variant"] for row in result["final"]] == ["full", "window", "latest"]
     assert all(0 < row["nll"] < 10 and 0 <= row["accuracy"] <= 1 for row in result["final"])
+
+
+def test_connect_four_mistakes_sorts_moves_against_the_solver(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        from connect_four_mistakes import board_from_observation, mistakes
+    finally:
+        sys.path.pop(0)
+    from envs.connect_four import game
+    from rl_vf.config import TrainConfig
+    from rl_vf.trainer import open_env, policy_for_env
+
+    g = game(4, 5, 4)
+    three_up = ".....\nX....\nX....\nX.OO.\n12345\n"  # X wins in column 1; O threatens nothing yet
+    assert board_from_observation(three_up, g)[:4] == "XXX." and board_from_observation(three_up, g)[12] == "O"
+    must_block = ".....\n.....\n.....\nXOOO.\n12345\n"  # O wins in column 5 unless X plays there
+    counts = mistakes([(three_up, "1"), (three_up, "2"), (must_block, "5"), (must_block, "9")], g)
+    assert counts == {"win": 2, "win_missed": 1, "block": 2, "block_missed": 1}
+    empty = ".....\n" * 4 + "12345\n"  # only the three middle columns keep the draw
+    assert mistakes([(empty, "3"), (empty, "1")], g) == {"quiet": 2, "quiet_missed": 1}
+
+    # The script end to end, on an untrained policy saved as a checkpoint.
+    cfg = TrainConfig(env="ConnectFour-v0")
+    policy, tokenizer = policy_for_env("tiny", cfg, open_env(cfg.env, {}))
+    policy.save_pretrained(str(tmp_path / "ck"), tokenizer)
+    proc = subprocess.run([sys.executable, "experiments/connect_four_mistakes.py", "--checkpoint", str(tmp_path / "ck"),
+                           "--episodes", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["quiet"] + result.get("win", 0) + result.get("block", 0) >= 8
+    assert 0 <= result["quiet_missed_rate"] <= 1
