@@ -91,6 +91,9 @@ def eval_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the eval episodes and sampling (default: 0)")
     p.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=None,
                    help="play the argmax action (--no-greedy: sample); default: the run's eval_greedy")
+    p.add_argument("--against", metavar="DIR",
+                   help="a second checkpoint (e.g. the warm start) played on the same episodes: adds its rates and "
+                        "the paired difference in success rate with a 95%% bootstrap interval over the episodes")
 
 
 def diagnose_parser(sub) -> None:
@@ -205,6 +208,7 @@ class Checkpoint(NamedTuple):
     path: str
     run: TrainConfig  # the config of the run it came from (defaults if there is none)
     env: str
+    env_kwargs: dict
     env_info: object  # trainer.EnvInfo
     policy: object
     tokenizer: object
@@ -230,22 +234,51 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
     device = resolve_device(args.device)
     env_info = open_env(env, env_kwargs)
     policy, tokenizer = policy_for_env(path, run, env_info)
-    return Checkpoint(path, run, env, env_info, policy.to(device), tokenizer, device,
+    return Checkpoint(path, run, env, env_kwargs, env_info, policy.to(device), tokenizer, device,
                       args.max_action_tokens or run.max_action_tokens or env_info.action_tokens)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rl_vf.trainer import evaluate, success_ci
+    from rl_vf.trainer import success_ci
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     c = open_checkpoint(args)
     greedy = c.run.eval_greedy if args.greedy is None else args.greedy
-    metrics, _ = evaluate(c.policy, c.tokenizer, c.env_info.make, c.run, args.episodes, args.seed, greedy,
-                          c.max_action_tokens, c.device)
-    print(json.dumps({"checkpoint": c.path, "env": c.env, "greedy": greedy, "eval/episodes": args.episodes, **metrics,
-                      **success_ci(metrics, args.episodes)}, indent=2))
+    metrics, episodes = play(c, args, greedy)
+    report = {"checkpoint": c.path, "env": c.env, "greedy": greedy, "eval/episodes": args.episodes, **metrics,
+              **success_ci(metrics, args.episodes)}
+    if args.against:
+        # The same env, kwargs and episode seeds; each policy keeps its own run's decoding settings.
+        other = open_checkpoint(argparse.Namespace(**{**vars(args), "checkpoint": args.against, "env": c.env,
+                                                      "env_kwargs": c.env_kwargs}))
+        other_metrics, other_episodes = play(other, args, greedy)
+        report.update({"against": other.path, **{f"against/{k}": v for k, v in other_metrics.items()},
+                       **{f"against/{k}": v for k, v in success_ci(other_metrics, args.episodes).items()},
+                       **paired_success(episodes, other_episodes, args.seed)})
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def play(c: Checkpoint, args: argparse.Namespace, greedy: bool):
+    from rl_vf.trainer import evaluate
+
+    return evaluate(c.policy, c.tokenizer, c.env_info.make, c.run, args.episodes, args.seed, greedy,
+                    c.max_action_tokens, c.device)
+
+
+def paired_success(episodes, other_episodes, seed: int) -> dict:
+    """Success of ``episodes`` minus ``other_episodes``, paired by reset seed (the same task for both),
+    with a 95% bootstrap interval over the episodes, and how many episodes only one of them solved."""
+    import numpy as np
+
+    from rl_vf.stats import bootstrap_ci
+
+    other = {e.seed: e.success for e in other_episodes}
+    diff = np.array([float(e.success) - float(other[e.seed]) for e in episodes])
+    point, lo, hi = bootstrap_ci(diff, statistic=np.mean, seed=seed)
+    return {"paired/success_diff": point, "paired/success_diff_ci95": [lo, hi],
+            "paired/only_checkpoint": int((diff > 0).sum()), "paired/only_against": int((diff < 0).sum())}
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:

@@ -109,6 +109,32 @@ def test_eval_command_reads_a_run(tmp_path, capsys):
     assert 0 <= lo <= result["eval/success_rate"] <= hi <= 1 and hi - lo > 0.1  # 20 episodes: a wide interval
 
 
+def test_eval_against_pairs_the_same_episodes(tmp_path, capsys):
+    # A warm start that always picks "3" against an untrained policy, on the same 60 episodes.
+    warm = tmp_path / "warm"
+    assert main(["pretrain", "--env", "tests.toy_env:PickThree-v0", "--demos", "256", "--expert-prob", "1",
+                 "--minibatch-size", "32", "--final-eval-episodes", "10", "--out", str(warm), *SMALL]) == 0
+    untrained = tmp_path / "untrained"
+    assert main(["pretrain", "--env", "tests.toy_env:PickThree-v0", "--demos", "1", "--warm-start-epochs", "1",
+                 "--warm-start-lr", "1e-9", "--final-eval-episodes", "10", "--out", str(untrained), *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(warm), "--against", str(untrained), "--episodes", "60",
+                 "--no-greedy"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    a, b = r["eval/success_rate"], r["against/eval/success_rate"]
+    assert a > 0.9 and b < 0.5 and r["against"].startswith(str(untrained))
+    assert r["paired/success_diff"] == pytest.approx(a - b)
+    assert r["paired/only_checkpoint"] - r["paired/only_against"] == round((a - b) * 60)
+    lo, hi = r["paired/success_diff_ci95"]
+    assert 0.3 < lo <= a - b <= hi <= 1
+    # A policy against itself: every episode the same (sampling is seeded), a zero-width interval at 0.
+    assert main(["eval", "--checkpoint", str(warm), "--against", str(warm), "--episodes", "30", "--no-greedy"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["paired/success_diff"] == 0 and r["paired/success_diff_ci95"] == [0, 0]
+    assert main(["eval", "--checkpoint", str(warm), "--against", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_policy(tmp_path, monkeypatch, capsys):
     import rl_vf.trainer as trainer
 
