@@ -55,7 +55,8 @@ class ChessEndgameEnv(TextEnv):
     ## Starting State
     Kings and the agent's piece on distinct uniformly random squares (rejection-sampled
     until the position is legal: kings apart, the defender not in check, the game not over),
-    the agent to move with the colour of `agent_color`. `reset(options={"fen": FEN})`
+    the agent to move with the colour of `agent_color`; with `max_start_dtm` only positions
+    the tablebase rates mate in at most that many agent moves. `reset(options={"fen": FEN})`
     starts from FEN instead: a legal KQK/KRK position (per `material`) whose side to move is
     the strong side, which the agent then plays.
 
@@ -97,7 +98,7 @@ class ChessEndgameEnv(TextEnv):
     import envs
     gym.make("ChessEndgame-v0", material="KQK", defender="random", agent_color="white",
              max_moves=None, move_format="uci", show_fen=False, show_legal_moves=False, compact=False,
-             invalid_penalty=0.0, depth=10, stockfish_path=envs.chess_common.STOCKFISH_PATH,
+             invalid_penalty=0.0, max_start_dtm=None, depth=10, stockfish_path=envs.chess_common.STOCKFISH_PATH,
              tablebase_dir=envs.chess_common.GAVIOTA_DIR, render_mode=None)
     ```
     - `material`: "KQK" or "KRK", the agent's pieces against the lone king.
@@ -110,6 +111,9 @@ class ChessEndgameEnv(TextEnv):
     - `compact`: a short header ("w 30": side to move, moves left) and the diagram without
       spaces, half the characters (for character-level models).
     - `invalid_penalty`: >= 0, the reward for an invalid move is its negative.
+    - `max_start_dtm`: None (any position), or a curriculum of start positions near mate: only
+      those with mate in 1..max_start_dtm agent moves (about 2% of KQK positions are mate in
+      1, 11% in at most 3, 24% in at most 4). Needs the Gaviota tables (ValueError without).
     - `depth`: Stockfish's search depth (defender and demonstrator).
     - `stockfish_path`: the engine binary (default: `stockfish` on PATH, else Debian's
       /usr/games/stockfish); None disables Stockfish.
@@ -139,6 +143,7 @@ class ChessEndgameEnv(TextEnv):
         show_legal_moves: bool = False,
         compact: bool = False,
         invalid_penalty: float = 0.0,
+        max_start_dtm: int | None = None,
         depth: int = 10,
         stockfish_path: str | None = cc.STOCKFISH_PATH,
         tablebase_dir: str | None = cc.GAVIOTA_DIR,
@@ -152,6 +157,8 @@ class ChessEndgameEnv(TextEnv):
         cc.check_choice("move_format", move_format, cc.MOVE_FORMATS)
         cc.check_penalty("invalid_penalty", invalid_penalty)
         cc.check_positive_int("depth", depth)
+        if max_start_dtm is not None:
+            cc.check_positive_int("max_start_dtm", max_start_dtm)
         cc.check_choice("render_mode", render_mode, (None, *self.metadata["render_modes"]))
         has_stockfish = cc.stockfish_available(stockfish_path)
         if defender == "stockfish" and not has_stockfish:
@@ -170,6 +177,9 @@ class ChessEndgameEnv(TextEnv):
         )
         self.tablebase_dir = tablebase_dir
         self.tablebase_available, self.tablebase_status = self._check_tablebase()
+        if max_start_dtm is not None and not self.tablebase_available:
+            raise ValueError(f"max_start_dtm={max_start_dtm} needs the Gaviota tables: {self.tablebase_status}")
+        self.max_start_dtm = max_start_dtm
         self.observation_space, self.action_space = cc.spaces()
         self._piece = MATERIALS[material]
         self._board = chess.Board(None)
@@ -214,6 +224,11 @@ class ChessEndgameEnv(TextEnv):
     def legal_actions(self) -> list[str]:
         return cc.legal_move_texts(self._board, self.move_format)
 
+    @property
+    def board(self) -> chess.Board:
+        """A copy of the current position (for analysis; the env's own board stays private)."""
+        return self._board.copy()
+
     def render(self) -> str | None:
         return self._observation() if self.render_mode == "ansi" else None
 
@@ -241,8 +256,15 @@ class ChessEndgameEnv(TextEnv):
             board = chess.Board(None)
             board.set_piece_map(dict(zip(map(int, squares), pieces)))
             board.turn = agent
-            if board.is_valid() and board.outcome() is None:
+            if board.is_valid() and board.outcome() is None and self._near_enough(board):
                 return board
+
+    def _near_enough(self, board: chess.Board) -> bool:
+        """Whether the agent to move in ``board`` can mate within ``max_start_dtm`` moves (no limit: True)."""
+        if self.max_start_dtm is None:
+            return True
+        plies = cc.open_gaviota(self.tablebase_dir).probe_dtm(board)
+        return 0 < (plies + 1) // 2 <= self.max_start_dtm
 
     def _position_from(self, fen: str) -> chess.Board:
         board = chess.Board(fen)  # raises ValueError for a malformed FEN

@@ -13,15 +13,15 @@ import numpy as np
 
 import envs  # noqa: F401  (registers the ids)
 from rl_vf.stats import wilson_interval
-from rl_vf.trainer import EVAL_SEED_OFFSET
+from rl_vf.trainer import eval_seeds
 
 
 def random_legal_success(env_id: str, env_kwargs: dict, episodes: int, seed: int) -> list[bool]:
     env = gym.make(env_id, **env_kwargs)
     rng = np.random.default_rng(seed)
     outcomes = []
-    for i in range(episodes):
-        env.reset(seed=EVAL_SEED_OFFSET + seed * 7919 + i)  # the eval seeds of `rl-vf eval`
+    for reset_seed in eval_seeds(seed, episodes):  # the episodes of `rl-vf eval`
+        env.reset(seed=reset_seed)
         while True:
             legal = env.unwrapped.legal_actions()
             _, _, terminated, truncated, info = env.step(legal[int(rng.integers(len(legal)))])

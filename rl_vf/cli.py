@@ -47,7 +47,7 @@ def config_flags(group, names, defaults: dict | None = None) -> None:
 
 
 # Config keys that pretraining reads; --demos and --expert-prob set the warm_start_* keys.
-PRETRAIN_KEYS = ("env", "env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size", "layers", "heads",
+PRETRAIN_KEYS = ("env", "env_kwargs", "eval_env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size", "layers", "heads",
                  "intermediate_size", "attention_window", "max_action_tokens", "constrain_actions", "warm_start_epochs",
                  "warm_start_lr", "minibatch_size", "vf_coef", "gamma", "max_grad_norm", "num_envs",
                  "final_eval_episodes", "eval_greedy")
@@ -218,7 +218,8 @@ class Checkpoint(NamedTuple):
 
 def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
     """The policy of ``--checkpoint`` (a checkpoint or run folder) on ``--device``, for ``--env`` and
-    ``--env-kwargs``; the run's config.yaml gives the defaults, also of ``--max-action-tokens``."""
+    ``--env-kwargs``; the run's config.yaml gives the defaults (its evaluation env's kwargs), also of
+    ``--max-action-tokens``."""
     from rl_vf.trainer import open_env, policy_for_env, resolve_device
 
     path = args.checkpoint
@@ -230,7 +231,7 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
     run = make_config(load_yaml(run_config)) if os.path.isfile(run_config) else make_config()
     env = args.env or run.env
     env_kwargs = coerce("env_kwargs", args.env_kwargs) if args.env_kwargs is not None else (
-        run.env_kwargs if env == run.env else {})
+        run.eval_kwargs if env == run.env else {})
     device = resolve_device(args.device)
     env_info = open_env(env, env_kwargs)
     policy, tokenizer = policy_for_env(path, run, env_info)

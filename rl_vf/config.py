@@ -39,6 +39,9 @@ class TrainConfig:
     # What to train.
     env: str = doc("Gymnasium env id, e.g. TicTacToe-v0, or my_module:MyEnv-v0 for your own text env", "TicTacToe-v0")
     env_kwargs: dict = doc("keyword arguments for gymnasium.make (YAML mapping or JSON on the command line)", {})
+    eval_env_kwargs: dict = doc("keyword arguments that replace env_kwargs' in every evaluation (periodic, final, the "
+                                "warm start's, rl-vf eval's default), e.g. train against {opponent: heuristic} and "
+                                "evaluate against {opponent: random}", {})
     algo: str = doc(f"credit assignment: {' | '.join(ALGOS)}", "ppo")
     seed: int = doc("seed for the model init, sampling and env resets", 0)
     total_episodes: int = doc("training episodes in all", 60_000)
@@ -72,7 +75,8 @@ class TrainConfig:
                                  "and the loss scores the same restricted distribution", "charset")
     group_size: int = doc("K episodes per initial state (needed >= 2 by baselines rloo and group)", 1)
     # Credit assignment.
-    gamma: float = doc("discount, applied once per env step (turn), never per token", 1.0)
+    gamma: float = doc("discount, applied once per env step (turn), never per token; also to reinforce's "
+                       "episode return", 1.0)
     lam: float = doc("GAE lambda (ppo): of the actor's advantages, and of the value targets unless lam_critic is "
                      "set", 0.95)
     lam_critic: float | None = doc("GAE lambda of the value targets (ppo; decoupled GAE as in VC-PPO/VAPO, e.g. 1.0: "
@@ -167,9 +171,15 @@ class TrainConfig:
             raise ConfigError(f"max_action_tokens must be >= 0 (0 = from the env), got {self.max_action_tokens}")
         if self.hidden_size % self.heads:
             raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
-        if not isinstance(self.env_kwargs, dict):
-            raise ConfigError(f"env_kwargs must be a mapping, got {self.env_kwargs!r}")
+        for name in ("env_kwargs", "eval_env_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a mapping, got {getattr(self, name)!r}")
         return self
+
+    @property
+    def eval_kwargs(self) -> dict:
+        """The env's keyword arguments in evaluations: env_kwargs updated by eval_env_kwargs."""
+        return {**self.env_kwargs, **self.eval_env_kwargs}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

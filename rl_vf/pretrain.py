@@ -130,7 +130,7 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
 
     final = os.path.join(run_dir, "checkpoints", "final")
     policy.save_pretrained(final, tokenizer)
-    metrics, _ = evaluate(policy, tokenizer, env_info.make, cfg, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
+    metrics, _ = evaluate(policy, tokenizer, open_env(cfg.env, cfg.eval_kwargs).make, cfg, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
                           max_action_tokens, device)
     summary = {
         "env": cfg.env, "seed": cfg.seed, "demos": demos, "expert_prob": expert_prob,

@@ -127,11 +127,16 @@ def engine_for(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, max
                          env_threads=cfg.env_threads, legal_only=cfg.constrain_actions == "legal", values=values)
 
 
+def eval_seeds(seed: int, episodes: int) -> list[int]:
+    """The reset seeds of an evaluation's episodes: fixed by ``seed``, disjoint from training's."""
+    return [EVAL_SEED_OFFSET + seed * 7919 + i for i in range(episodes)]
+
+
 def evaluate(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, seed: int, greedy: bool,
              max_action_tokens: int, device) -> tuple[dict, list[Episode]]:
     """Play ``episodes`` fresh episodes with fixed reset seeds; returns eval/* metrics and the episodes."""
     engine = engine_for(policy, tokenizer, make_env, cfg, episodes, max_action_tokens, device, values=False)
-    seeds = [EVAL_SEED_OFFSET + seed * 7919 + i for i in range(episodes)]
+    seeds = eval_seeds(seed, episodes)
     was_training = policy.training
     policy.eval()
     eps = engine.collect(seeds, torch.Generator(device=device).manual_seed(seed + EVAL_SEED_OFFSET), greedy=greedy)
@@ -172,6 +177,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.env = open_env(cfg.env, cfg.env_kwargs)
+        self.eval_env = open_env(cfg.env, cfg.eval_kwargs)
         self.max_action_tokens = cfg.max_action_tokens or self.env.action_tokens
         self.algo = ALGOS[cfg.algo]
         policy, self.tokenizer = policy_for_env(cfg.model, cfg, self.env)
@@ -370,7 +376,7 @@ class Trainer:
 
     def evaluate(self, episodes: int) -> tuple[dict, list[Episode]]:
         cfg = self.cfg
-        return evaluate(self.policy, self.tokenizer, self.env.make, cfg, episodes, cfg.seed, cfg.eval_greedy,
+        return evaluate(self.policy, self.tokenizer, self.eval_env.make, cfg, episodes, cfg.seed, cfg.eval_greedy,
                         self.max_action_tokens, self.device)
 
     def diagnose(self) -> tuple[dict, dict]:

@@ -6,7 +6,7 @@ turn k, observation tokens skipped (not decayed through), gamma once per turn bo
 import pytest
 import torch
 
-from rl_vf.advantages import episode_baseline, gae, reinforce
+from rl_vf.advantages import discounted_returns, episode_baseline, gae, reinforce
 
 
 def t(rows, dtype=torch.float32):
@@ -328,3 +328,26 @@ def test_reinforce_same_advantage_on_every_action_token():
     close(adv_mean, t([-2.0, -1.0, 0.0, 3.0])[:, None] * mask)
     adv_none = reinforce(t([1.0, 2.0, 3.0, 6.0]), mask, "none")
     close(adv_none, t([1.0, 2.0, 3.0, 6.0])[:, None] * mask)
+
+
+def test_discounted_returns_discount_once_per_turn():
+    # Row 0: turns of 3, 1, 2 tokens with rewards 1, 2, 4: 1 + 0.5*2 + 0.25*4 = 3. Row 1: one reward on
+    # the third of three one-token turns, after observation tokens and before padding: 0.25 * 8 = 2.
+    mask = t([[0, 1, 1, 1, 0, 1, 0, 1, 1], [0, 0, 1, 0, 1, 0, 1, 0, 0]])
+    rewards = t([[0, 0, 0, 1.0, 0, 2.0, 0, 0, 4.0], [0, 0, 0, 0, 0, 0, 8.0, 0, 0]])
+    close(discounted_returns(rewards, mask, 0.5), [3.0, 2.0])
+    close(discounted_returns(rewards, mask, 1.0), rewards.sum(1))
+
+
+def test_reinforce_scores_the_discounted_return_when_gamma_is_below_one():
+    from types import SimpleNamespace
+
+    from rl_vf.algos import reinforce as algo
+
+    mask = t([[0, 1, 0, 1, 0, 1], [0, 1, 0, 1, 0, 0]])
+    rewards = t([[0, 0, 0, 0, 0, 1.0], [0, 0, 0, 1.0, 0, 0]])  # a win on turn 3, a win on turn 2
+    batch = SimpleNamespace(rewards=rewards, action_mask=mask, returns=rewards.sum(1), group_ids=None)
+    for gamma, per_episode in (1.0, [1.0, 1.0]), (0.5, [0.25, 0.5]):
+        adv, targets = algo.advantages(batch, {}, SimpleNamespace(gamma=gamma, baseline="none"))
+        close(adv, t(per_episode)[:, None] * mask)
+        assert targets is None

@@ -226,6 +226,18 @@ def test_tablebase_info_ground_truth():
     assert (reward, terminated, info["value"], info["dtm"]) == (0.0, True, 0.0, 0)
 
 
+@needs_tables
+@pytest.mark.parametrize("material", ["KQK", "KRK"])
+def test_max_start_dtm_starts_near_mate_and_stays_seeded(material):
+    env = gym.make("ChessEndgame-v0", material=material, agent_color="random", max_start_dtm=2).unwrapped
+    check_env(env)
+    starts = [env.reset(seed=seed) for seed in range(30)]
+    assert {info["dtm"] for _, info in starts} == {1, 2}  # both occur, nothing further away
+    assert [obs for obs, _ in starts] == [env.reset(seed=seed)[0] for seed in range(30)]
+    with pytest.raises(ValueError, match="max_start_dtm=2 needs the Gaviota tables"):
+        ChessEndgameEnv(material=material, max_start_dtm=2, tablebase_dir=None)
+
+
 def test_tablebase_absent_omits_info():
     env = ChessEndgameEnv(tablebase_dir="/nonexistent")
     _, info = env.reset(seed=0)
@@ -359,6 +371,7 @@ def test_no_engine_survives_a_crash(death):
         (lambda: ChessEndgameEnv(max_moves=0), "max_moves=0"),
         (lambda: ChessEndgameEnv(move_format="lan"), "lan"),
         (lambda: ChessEndgameEnv(invalid_penalty=-1.0), "-1.0"),
+        (lambda: ChessEndgameEnv(max_start_dtm=0), "max_start_dtm=0"),
         (lambda: ChessEndgameEnv().reset(options=dict(fen=chess.STARTING_FEN)), "fen="),
         (lambda: ChessEnv(opponent="human"), "human"),
         (lambda: ChessEnv(agent_color="red"), "red"),

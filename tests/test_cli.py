@@ -135,6 +135,27 @@ def test_eval_against_pairs_the_same_episodes(tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().err
 
 
+def test_eval_env_kwargs_replace_the_env_kwargs_in_every_evaluation(tmp_path, capsys):
+    # Trained to pick "3", evaluated on an env that rewards only "7": every evaluation must score 0.
+    warm, run = tmp_path / "warm", tmp_path / "run"
+    other_target = ["--eval-env-kwargs", '{"target": "7"}', "--final-eval-episodes", "20"]
+    assert main(["pretrain", "--env", "tests.toy_env:PickThree-v0", "--demos", "256", "--expert-prob", "1",
+                 "--minibatch-size", "32", "--out", str(warm), *other_target, *SMALL]) == 0
+    summary = json.loads((warm / "summary.json").read_text())
+    assert summary["demo/success_rate"] == 1 and summary["eval/success_rate"] == 0
+    assert main(["train", "--env", "tests.toy_env:PickThree-v0", "--model", str(warm / "checkpoints" / "final"),
+                 "--warm-start-demos", "0", "--total-episodes", "32", "--episodes-per-update", "32", "--eval-every",
+                 "1", "--eval-episodes", "20", "--lr", "1e-6", "--out", str(run), "--wandb", "disabled",
+                 *other_target, *SMALL]) == 0
+    rows = read_metrics(str(run / "metrics.jsonl"))
+    assert rows[0]["train/success_rate"] > 0.8 and rows[0]["eval/success_rate"] == 0
+    assert json.loads((run / "summary.json").read_text())["eval/success_rate"] == 0
+    capsys.readouterr()
+    for env_kwargs, expected in ([], 0.0), (["--env-kwargs", "{}"], 1.0):  # eval reads the run's eval kwargs
+        assert main(["eval", "--checkpoint", str(run), "--episodes", "20", *env_kwargs]) == 0
+        assert json.loads(capsys.readouterr().out)["eval/success_rate"] == expected
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_policy(tmp_path, monkeypatch, capsys):
     import rl_vf.trainer as trainer
 

@@ -71,3 +71,54 @@ def test_connect_four_mistakes_sorts_moves_against_the_solver(tmp_path):
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["quiet"] + result.get("win", 0) + result.get("block", 0) >= 8
     assert 0 <= result["quiet_missed_rate"] <= 1
+
+
+def test_chess_endgame_mistakes_replays_games_and_sorts_their_endings(tmp_path):
+    import chess
+    import gymnasium as gym
+    import numpy as np
+    import pytest
+
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        from chess_endgame_mistakes import ending, has_mate_in_one, replay
+    finally:
+        sys.path.pop(0)
+    from rl_vf.config import make_config
+    from rl_vf.trainer import open_env, policy_for_env
+
+    assert has_mate_in_one(chess.Board("k7/8/1K6/8/8/8/7Q/8 w - - 0 1"))  # Qh8#
+    assert not has_mate_in_one(chess.Board("k7/8/8/8/8/8/8/KQ6 w - - 0 1"))
+    stalemate = chess.Board("k7/2Q5/1K6/8/8/8/8/8 b - - 0 1")
+    assert ending(stalemate, {"invalid_action": False, "success": False}, False) == "stalemate"
+    assert ending(stalemate, {"invalid_action": False, "success": False}, True) == "out_of_moves"
+
+    # A game of the env's own expert, replayed from its moves: it mates, and never misses a mate in one.
+    env = gym.make("ChessEndgame-v0")
+    if not env.unwrapped.tablebase_available:
+        pytest.skip(f"Gaviota tables needed for the expert: {env.unwrapped.tablebase_status}")
+    rng, moves = np.random.default_rng(0), []
+    env.reset(seed=5)
+    while True:
+        moves.append(env.unwrapped.expert_action(rng))
+        _, _, terminated, truncated, _ = env.step(moves[-1])
+        if terminated or truncated:
+            break
+    counts = replay(env, 5, moves)
+    assert counts["end_mate"] == 1 and counts["mate_in_one"] >= 1 and counts["mate_in_one_missed"] == 0
+    # Stopping one move short is an error, not a silent miscount.
+    with pytest.raises(ValueError, match="did not end"):
+        replay(env, 5, moves[:-1])
+
+    # The script end to end, on an untrained policy saved as a checkpoint.
+    cfg = make_config({"env": "ChessEndgame-v0", "env_kwargs": {"compact": True, "max_moves": 4}})
+    policy, tokenizer = policy_for_env("tiny", cfg, open_env(cfg.env, cfg.env_kwargs))
+    policy.save_pretrained(str(tmp_path / "run" / "checkpoints" / "final"), tokenizer)
+    (tmp_path / "run" / "config.yaml").write_text(json.dumps(cfg.to_dict()))  # JSON is YAML
+    proc = subprocess.run([sys.executable, "experiments/chess_endgame_mistakes.py", "--checkpoint",
+                           str(tmp_path / "run"), "--episodes", "6"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert sum(v for k, v in result.items() if k.startswith("end_")) == 6
+    assert result["end_out_of_moves"] >= 1 and 0 <= result["mate_in_one_missed_rate"] <= 1

@@ -6,9 +6,10 @@ from envs.base import TextEnv, text_space
 
 
 class PickThreeEnv(TextEnv):
-    """Observation "pick:"; reward 1 for the action "3", 0 for any other string."""
+    """Observation "pick:"; reward 1 for the action `target` ("3" unless set), 0 for any other string."""
 
-    def __init__(self):
+    def __init__(self, target: str = "3"):
+        self.target = target
         self.observation_space = text_space("pick:", 5)
         self.action_space = text_space("0123456789", 4)
 
@@ -17,12 +18,12 @@ class PickThreeEnv(TextEnv):
         return "pick:", {"invalid_action": False, "success": False}
 
     def step(self, action):
-        ok = action.strip() == "3"
+        ok = action.strip() == self.target
         invalid = action.strip() not in set("0123456789")
         return "pick:", float(ok), True, False, {"invalid_action": invalid, "success": ok}
 
     def expert_action(self, rng):
-        return "3"
+        return self.target
 
     def legal_actions(self):
         return list("0123456789")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from rl_vf.advantages import reinforce
+from rl_vf.advantages import discounted_returns, reinforce
 
 USES_CRITIC = False
 
@@ -11,6 +11,8 @@ USES_CRITIC = False
 def advantages(batch, old: dict, cfg) -> tuple[torch.Tensor, None]:
     """Episode return minus ``cfg.baseline`` (none | mean | rloo | group) on every action token.
 
-    There is no critic, so there are no value targets.
+    With ``cfg.gamma`` < 1 the return is discounted once per turn, as in ppo: of two wins, the sooner
+    scores more. There is no critic, so there are no value targets.
     """
-    return reinforce(batch.returns, batch.action_mask, baseline=cfg.baseline, group_ids=batch.group_ids), None
+    returns = batch.returns if cfg.gamma == 1 else discounted_returns(batch.rewards, batch.action_mask, cfg.gamma)
+    return reinforce(returns, batch.action_mask, baseline=cfg.baseline, group_ids=batch.group_ids), None
