@@ -196,7 +196,7 @@ def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.devi
     gen = torch.Generator(device=device).manual_seed(batch)
     shape = (batch, scale.prompt_tokens)
     prompt = torch.randint(len(SPECIAL_TOKENS), len(tokenizer), shape, device=device, generator=gen)  # no specials
-    kv = _RowCache(policy, batch, device)
+    kv = _RowCache(policy, batch, device, engine.max_action_tokens)
     with torch.no_grad():
         logits, values = kv.forward(prompt, torch.ones_like(prompt, dtype=torch.bool))
         _, seconds = timed(lambda: engine._decode(kv, logits[:, -1], values[:, -1], gen, greedy=False), device)

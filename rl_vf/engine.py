@@ -232,7 +232,7 @@ class RolloutEngine:
             envs[b], tokens = self._start(episodes, b, starts[b], own[b])
             pending.append(tokens)
         next_episode = len(envs)
-        kv = _RowCache(self.policy, len(envs), self.device, self.values)
+        kv = _RowCache(self.policy, len(envs), self.device, self.max_action_tokens, self.values)
 
         while row_episode:
             # Prefill every row's pending tokens as one right-padded chunk.
@@ -350,11 +350,12 @@ class RolloutEngine:
 
 class _RowCache:
     """One KV cache shared by rows that each keep their own positions and attention columns (with a
-    separate critic: the policy's and the critic's caches, kept in step)."""
+    separate critic: the policy's and the critic's caches, kept in step). ``action_tokens``: the decode
+    budget after each prefill, which the cache keeps room for."""
 
-    def __init__(self, policy: Policy, rows: int, device: torch.device, values: bool = True):
+    def __init__(self, policy: Policy, rows: int, device: torch.device, action_tokens: int, values: bool = True):
         self.policy = policy
-        self.cache = policy.new_cache(values)
+        self.cache = policy.new_cache(values, headroom=action_tokens)
         self.attn = torch.zeros(rows, 0, dtype=torch.bool, device=device)  # which cache columns each row sees
         self.pos = torch.zeros(rows, dtype=torch.long, device=device)  # next position id of each row
 

@@ -95,9 +95,12 @@ class GrowingLayer(DynamicLayer):
     room to grow (the capacity doubles), so a decode step copies its new column, where
     ``DynamicLayer`` concatenates, copying the whole cache every token (torch.cat was 60% of the 10M
     model's decode time at batch 256). Tensors put in ``keys``/``values`` from outside (the engine's
-    column compaction, row selection) are adopted: the next append moves them into new buffers."""
+    column compaction, row selection) are adopted: the next append moves them into new buffers.
+    A new buffer also has room for ``headroom`` more columns, so that the engine, which prefills an
+    observation and then decodes at most its action budget, never reallocates mid-action."""
 
     buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+    headroom: int = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -105,8 +108,9 @@ class GrowingLayer(DynamicLayer):
         n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
         end = n + key_states.shape[-2]
         if not self._appendable(end):
-            self.buffers = tuple(self._moved(old, new, n, end) for old, new in ((self.keys, key_states),
-                                                                               (self.values, value_states)))
+            capacity = max(2 * end, end + self.headroom, 64)
+            self.buffers = tuple(self._moved(old, new, n, capacity) for old, new in ((self.keys, key_states),
+                                                                                     (self.values, value_states)))
         keys, values = self.buffers
         keys[:, :, n:end] = key_states
         values[:, :, n:end] = value_states
@@ -122,18 +126,23 @@ class GrowingLayer(DynamicLayer):
                 and self.keys.shape[0] == keys.shape[0] and end <= keys.shape[2])
 
     @staticmethod
-    def _moved(old: torch.Tensor, new: torch.Tensor, n: int, end: int) -> torch.Tensor:
+    def _moved(old: torch.Tensor, new: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
         batch, heads, _, dim = new.shape
-        buffer = new.new_empty(batch, heads, max(2 * end, 64), dim)
+        buffer = new.new_empty(batch, heads, capacity, dim)
         if n:
             buffer[:, :, :n] = old
         return buffer
 
 
-def growing_cache() -> DynamicCache:
-    """A DynamicCache of GrowingLayers."""
+def growing_cache(headroom: int = 0) -> DynamicCache:
+    """A DynamicCache of GrowingLayers with ``headroom``."""
+    def new_layer() -> GrowingLayer:
+        layer = GrowingLayer()
+        layer.headroom = headroom
+        return layer
+
     cache = DynamicCache()
-    cache.layer_class_to_replicate = GrowingLayer
+    cache.layer_class_to_replicate = new_layer
     return cache
 
 
@@ -144,9 +153,9 @@ class PolicyCache:
     compacts columns of both alike, and ``batch_select_indices`` keeps the same rows in both.
     """
 
-    def __init__(self, with_critic: bool):
-        self.lm = growing_cache()
-        self.critic = growing_cache() if with_critic else None
+    def __init__(self, with_critic: bool, headroom: int = 0):
+        self.lm = growing_cache(headroom)
+        self.critic = growing_cache(headroom) if with_critic else None
         self.with_critic = with_critic
 
     @property
@@ -179,11 +188,11 @@ class Policy(nn.Module):
     def config(self):
         return self.lm.config
 
-    def new_cache(self, values: bool = True) -> PolicyCache:
+    def new_cache(self, values: bool = True, headroom: int = 0) -> PolicyCache:
         """An empty KV cache for incremental ``forward`` calls (the engine's). ``values=False`` leaves a
         separate critic out: forward calls with this cache then return values of 0 and cost no critic pass
-        (rollouts whose values nobody reads)."""
-        return PolicyCache(with_critic=self.critic is not None and values)
+        (rollouts whose values nobody reads). ``headroom``: see ``GrowingLayer``."""
+        return PolicyCache(with_critic=self.critic is not None and values, headroom=headroom)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values: PolicyCache | None = None,
                 use_cache=False):

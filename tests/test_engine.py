@@ -228,6 +228,22 @@ def test_growing_cache_layer_appends_in_place_and_matches_concatenation():
     assert k.shape == (2, 2, 12 + 70, 3) and torch.equal(k, k_ref) and torch.equal(v, v_ref)
 
 
+def test_growing_cache_headroom_keeps_a_whole_action_in_one_buffer():
+    from rl_vf.policy import growing_cache
+
+    # A 60-token prefill, then an action budget of 100 one-token decode steps: the buffer made at the
+    # prefill holds all of them (without headroom it would move at column 121, in mid-action).
+    cache = growing_cache(headroom=100)
+    cache.update(torch.randn(2, 3, 60, 4), torch.randn(2, 3, 60, 4), layer_idx=0)
+    layer = cache.layers[0]
+    buffer = layer.buffers[0].data_ptr()
+    for _ in range(100):
+        keys, _ = cache.update(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4), layer_idx=0)
+        assert layer.buffers[0].data_ptr() == buffer
+    assert keys.shape == (2, 3, 160, 4)
+    assert growing_cache().layers == [] and cache.layers[0].headroom == 100
+
+
 def windowed(policy, window: int):
     """A copy of ``policy`` whose tokens each see at most ``window`` tokens."""
     policy = copy.deepcopy(policy)
