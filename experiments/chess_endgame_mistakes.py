@@ -10,16 +10,14 @@ Plays the final evaluation's games (same seeds as `rl-vf eval`), replays each in
 
     python experiments/chess_endgame_mistakes.py --checkpoint runs/<run> --episodes 1000
 """
-import argparse
 import json
 from collections import Counter
 
 import chess
-import torch
 
 from envs import chess_common as cc
-from rl_vf.cli import open_checkpoint
-from rl_vf.trainer import eval_seeds, evaluate, transcript
+from greedy_games import greedy_games, parse_args
+from rl_vf.trainer import eval_seeds, transcript
 
 
 def has_mate_in_one(board: chess.Board) -> bool:
@@ -56,16 +54,8 @@ def replay(env, seed: int, actions: list[str]) -> Counter:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a run folder or checkpoint folder")
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="seed of the eval episodes (as rl-vf eval)")
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    c = open_checkpoint(argparse.Namespace(checkpoint=args.checkpoint, env="ChessEndgame-v0", env_kwargs=None,
-                                           device="cpu", max_action_tokens=None))
-    metrics, episodes = evaluate(c.policy, c.tokenizer, c.env_info.make, c.run, args.episodes, args.seed, True,
-                                 c.max_action_tokens, c.device)
+    args = parse_args(__doc__)
+    c, metrics, episodes = greedy_games("ChessEndgame-v0", args)
     env = c.env_info.make()
     counts = Counter()
     for reset_seed, ep in zip(eval_seeds(args.seed, args.episodes), episodes):

@@ -8,15 +8,12 @@ Plays the final evaluation's games (same seeds as `rl-vf eval`) and sorts every 
 
     python experiments/connect_four_mistakes.py --checkpoint runs/<run> --episodes 1000
 """
-import argparse
 import json
 from collections import Counter
 
-import torch
-
 from envs.connect_four import AGENT, EMPTY, OPPONENT, Game
-from rl_vf.cli import open_checkpoint
-from rl_vf.trainer import evaluate, transcript
+from greedy_games import greedy_games, parse_args
+from rl_vf.trainer import transcript
 
 
 def board_from_observation(observation: str, g: Game) -> str:
@@ -50,19 +47,11 @@ def mistakes(observations_and_actions, g: Game) -> Counter:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a run folder or checkpoint folder")
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0, help="seed of the eval episodes (as rl-vf eval)")
-    args = p.parse_args()
-    torch.set_num_threads(1)
-    c = open_checkpoint(argparse.Namespace(checkpoint=args.checkpoint, env="ConnectFour-v0", env_kwargs=None,
-                                           device="cpu", max_action_tokens=None))
+    args = parse_args(__doc__)
+    c, metrics, episodes = greedy_games("ConnectFour-v0", args)
     env = c.env_info.make()
     g = env.unwrapped.rules
     env.close()
-    metrics, episodes = evaluate(c.policy, c.tokenizer, c.env_info.make, c.run, args.episodes, args.seed, True,
-                                 c.max_action_tokens, c.device)
     pairs = []
     for ep in episodes:
         parts = transcript(c.tokenizer, ep)
