@@ -47,10 +47,10 @@ def config_flags(group, names, defaults: dict | None = None) -> None:
 
 
 # Config keys that pretraining reads; --demos and --expert-prob set the warm_start_* keys.
-PRETRAIN_KEYS = ("env", "env_kwargs", "eval_env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size", "layers", "heads",
-                 "intermediate_size", "attention_window", "max_action_tokens", "constrain_actions", "warm_start_epochs",
-                 "warm_start_lr", "minibatch_size", "vf_coef", "gamma", "max_grad_norm", "num_envs",
-                 "final_eval_episodes", "eval_greedy")
+PRETRAIN_KEYS = ("env", "env_kwargs", "eval_env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size",
+                 "layers", "heads", "intermediate_size", "attention_window", "max_action_tokens", "constrain_actions",
+                 "warm_start_epochs", "warm_start_lr", "minibatch_size", "vf_coef", "gamma", "max_grad_norm",
+                 "num_envs", "final_eval_episodes", "eval_greedy")
 PRETRAIN_DEFAULTS = {"warm_start_demos": 2000}
 
 

@@ -39,9 +39,9 @@ class TrainConfig:
     # What to train.
     env: str = doc("Gymnasium env id, e.g. TicTacToe-v0, or my_module:MyEnv-v0 for your own text env", "TicTacToe-v0")
     env_kwargs: dict = doc("keyword arguments for gymnasium.make (YAML mapping or JSON on the command line)", {})
-    eval_env_kwargs: dict = doc("keyword arguments that replace env_kwargs' in every evaluation (periodic, final, the "
-                                "warm start's, rl-vf eval's default), e.g. train against {opponent: heuristic} and "
-                                "evaluate against {opponent: random}", {})
+    eval_env_kwargs: dict = doc("keyword arguments that override env_kwargs in every evaluation (periodic, final, "
+                                "the warm start's, rl-vf eval's default), e.g. train against {opponent: heuristic} "
+                                "and evaluate against {opponent: random}", {})
     algo: str = doc(f"credit assignment: {' | '.join(ALGOS)}", "ppo")
     seed: int = doc("seed for the model init, sampling and env resets", 0)
     total_episodes: int = doc("training episodes in all", 60_000)

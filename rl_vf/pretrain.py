@@ -130,7 +130,8 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
 
     final = os.path.join(run_dir, "checkpoints", "final")
     policy.save_pretrained(final, tokenizer)
-    metrics, _ = evaluate(policy, tokenizer, open_env(cfg.env, cfg.eval_kwargs).make, cfg, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
+    eval_env = open_env(cfg.env, cfg.eval_kwargs)
+    metrics, _ = evaluate(policy, tokenizer, eval_env.make, cfg, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
                           max_action_tokens, device)
     summary = {
         "env": cfg.env, "seed": cfg.seed, "demos": demos, "expert_prob": expert_prob,
