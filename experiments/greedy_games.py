@@ -3,8 +3,7 @@ import argparse
 
 import torch
 
-from rl_vf.cli import Checkpoint, open_checkpoint
-from rl_vf.trainer import evaluate
+from rl_vf.cli import Checkpoint, open_checkpoint, play
 
 
 def parse_args(doc: str) -> argparse.Namespace:
@@ -21,6 +20,5 @@ def greedy_games(env_id: str, args: argparse.Namespace) -> tuple[Checkpoint, dic
     torch.set_num_threads(1)
     c = open_checkpoint(argparse.Namespace(checkpoint=args.checkpoint, env=env_id, env_kwargs=None, device="cpu",
                                            max_action_tokens=None))
-    metrics, episodes = evaluate(c.policy, c.tokenizer, c.env_info.make, c.run, args.episodes, args.seed, True,
-                                 c.max_action_tokens, c.device)
+    metrics, episodes = play(c, args, greedy=True)
     return c, metrics, episodes
