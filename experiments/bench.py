@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import gymnasium as gym
 import numpy as np
@@ -187,11 +187,13 @@ def flops_per_token(policy, context: float) -> float:
     return 2 * non_embedding + 2 * head.numel() + 4 * lm.config.num_hidden_layers * context * lm.config.hidden_size
 
 
-def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.device) -> float:
+def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.device,
+                 static_decode: bool | None = None) -> float:
     """Tokens/s of the engine's decode loop: prefill a random prompt, then sample
-    ``scale.decode_tokens`` tokens per row (stop tokens disabled, so every row decodes them all)."""
+    ``scale.decode_tokens`` tokens per row (stop tokens disabled, so every row decodes them all).
+    ``static_decode``: the engine's option (default: CUDA graphs on a GPU; their capture is timed too)."""
     engine = RolloutEngine(policy, tokenizer, make_env=None, num_envs=0, max_action_tokens=scale.decode_tokens,
-                           device=device)
+                           device=device, static_decode=static_decode)
     engine.stop = torch.zeros_like(engine.stop)
     gen = torch.Generator(device=device).manual_seed(batch)
     shape = (batch, scale.prompt_tokens)
@@ -220,10 +222,16 @@ def bench_decode(scale: Scale, device: torch.device) -> dict:
             pct = 100 * tok_s * flops / (gflops * 1e9)
             figures[f"decode_tok_s_b{batch}_{size}"] = tok_s
             figures[f"decode_pct_of_matmul_b{batch}_{size}"] = pct
-            rows.append([size, f"{param_count(policy):,}", batch, tok_s, f"{pct:.2f}%"])
+            row = [size, f"{param_count(policy):,}", batch, tok_s, f"{pct:.2f}%"]
+            if device.type == "cuda":  # the same decode without CUDA graphs (kernels launched one by one)
+                eager = decode_tok_s(policy, tokenizer, batch, scale, device, static_decode=False)
+                figures[f"decode_tok_s_b{batch}_{size}_no_graphs"] = eager
+                row += [eager, f"{tok_s / eager:.2f}x"]
+            rows.append(row)
+    graph_columns = ["tokens/s without CUDA graphs", "graphs / without"] if device.type == "cuda" else []
     table(f"1. Engine decode ({scale.decode_tokens} tokens after a {scale.prompt_tokens}-token prompt; "
           f"fp32 matmul {gflops:.1f} GFLOP/s on {torch.get_num_threads()} threads)",
-          ["model", "params", "batch", "tokens/s", "% of matmul roof"], rows)
+          ["model", "params", "batch", "tokens/s", "% of matmul roof", *graph_columns], rows)
     return figures
 
 
@@ -376,7 +384,8 @@ def save_arithmetic_model(folder: str) -> str:
 def run_rl_vf(model_dir: str, scale: Scale, device: torch.device, threads: int, run_dir: str):
     """REINFORCE with the group baseline: ``(step end times, success per step, reset seeds per step)``."""
     batch = scale.trl_prompts * scale.trl_generations
-    cfg = TrainConfig(env="Arithmetic-v0", env_kwargs=ARITHMETIC, model=model_dir, device=device.type, threads=threads,
+    cfg = TrainConfig(env="Arithmetic-v0", env_kwargs=ARITHMETIC, model=model_dir, device=device.type, precision="fp32",
+                      threads=threads,
                       algo="reinforce", baseline="group", group_size=scale.trl_generations, episodes_per_update=batch,
                       num_envs=batch, minibatch_size=batch, epochs=1, lr=scale.trl_lr, lr_schedule="constant",
                       ent_coef=0.0, kl_coef=0.0, normalize_advantages=False, constrain_actions="none").validate()
@@ -422,8 +431,11 @@ def run_trl(model_dir: str, scale: Scale, device: torch.device, seeds: list[int]
             sync(device)
             self.ends.append(time.perf_counter())
 
+    # trl checkpoints activations by default; transformers renamed the switch (gradient_ -> activation_).
+    names = {f.name for f in fields(GRPOConfig)}
+    checkpointing = next(name for name in ("activation_checkpointing", "gradient_checkpointing") if name in names)
     config = GRPOConfig(
-        output_dir=out_dir, report_to="none", use_cpu=device.type == "cpu", bf16=False, activation_checkpointing=False,
+        output_dir=out_dir, report_to="none", use_cpu=device.type == "cpu", bf16=False, **{checkpointing: False},
         per_device_train_batch_size=scale.trl_prompts * scale.trl_generations, num_generations=scale.trl_generations,
         gradient_accumulation_steps=1, max_steps=scale.trl_steps, max_completion_length=action_budget("Arithmetic-v0"),
         learning_rate=scale.trl_lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, beta=0.0,

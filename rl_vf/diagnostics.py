@@ -351,7 +351,7 @@ def diagnose(policy, tokenizer, make_env: Callable[[], gym.Env], cfg, generator:
     All randomness comes from ``generator``; the policy is left in the mode it came in.
     """
     engine = engine_for(policy, tokenizer, make_env, cfg, cfg.diag_episodes, max_action_tokens, device)
-    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator, device=generator.device)))
     was_training = policy.training
     policy.eval()
     try:

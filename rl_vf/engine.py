@@ -27,6 +27,8 @@ import gymnasium as gym
 import torch
 
 from rl_vf.legal import Key, LegalActions, pack_keys
+from transformers.cache_utils import DynamicLayer
+
 from rl_vf.policy import Policy, PolicyCache
 
 
@@ -173,21 +175,26 @@ class RolloutEngine:
         make_env: Callable[[], gym.Env],
         num_envs: int,
         max_action_tokens: int,
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
         sync_every: int | None = None,
         env_threads: int = 1,
         legal_only: bool = False,
         values: bool = True,
+        static_decode: bool | None = None,
     ):
         self.policy = policy
         self.tokenizer = tokenizer
         self.envs = [make_env() for _ in range(num_envs)]
         self.max_action_tokens = max_action_tokens
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else next(policy.parameters()).device
         # Checking "has every row stopped?" reads a device tensor on the host. That stalls a GPU's
         # queue of kernels, so there it is done every 8 tokens (rows that stopped decode padding in
         # between); on the CPU it costs nothing, so every token.
         self.sync_every = sync_every or (1 if self.device.type == "cpu" else 8)
+        # Decode tokens with a fixed-shape step (_StaticDecode), replayed as a CUDA graph on a GPU;
+        # default: on CUDA only (on the CPU it runs eagerly, for tests, and attends over spare columns).
+        self.static_decode = self.device.type == "cuda" if static_decode is None else static_decode
+        self._static: dict[tuple, _StaticDecode] = {}
         self.stop = stop_token_mask(tokenizer).to(self.device)
         self.pad_id = tokenizer.pad_token_id
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -302,6 +309,8 @@ class RolloutEngine:
         yet (it is then prefilled with the next observation).
         """
         live = torch.ones(len(logits), dtype=torch.bool, device=self.device)
+        static = self._static_for(kv) if self.static_decode and self.max_action_tokens > 1 else None
+        step_forward = static.step if static is not None else kv.step
         steps_tok, steps_lp, steps_v, steps_live, steps_keys = [], [], [], [], []
         nodes = [0] * len(logits) if tries else None
         for step in range(self.max_action_tokens):
@@ -326,9 +335,10 @@ class RolloutEngine:
                 break
             if (step + 1) % self.sync_every == 0 and not bool(still.any()):
                 break
-            logits, values = kv.forward(tok[:, None], live[:, None])
-            logits, values = logits[:, 0], values[:, 0]
+            logits, values = step_forward(tok, live)
             live = still
+        if static is not None:
+            static.finish(kv)
         gen = torch.stack(steps_tok, 1).tolist()
         gen_lp = torch.stack(steps_lp, 1).tolist()
         gen_v = torch.stack(steps_v, 1).tolist()
@@ -337,6 +347,19 @@ class RolloutEngine:
         keys = [[step[b] for step in steps_keys[:k]] if tries else None for b, k in enumerate(gen_n)]
         return [(gen[b][:k], gen_lp[b][:k], gen_v[b][:k], keys[b], int(u))
                 for b, (k, u) in enumerate(zip(gen_n, live.tolist()))]
+
+    def _static_for(self, kv: "_RowCache") -> "_StaticDecode":
+        """The static decode step for ``kv``'s rows and buffers (made once per rows and buffers; a GPU
+        captures it as a CUDA graph), set to continue from ``kv``'s state."""
+        buffers = kv.reserve(self.max_action_tokens)
+        key = (len(kv.pos), *((b.data_ptr(), *b.shape) for b in buffers))
+        if key not in self._static:
+            if len(self._static) >= 8:  # old buffers are gone once the cache moved: drop their graphs
+                self._static.clear()
+            self._static[key] = _StaticDecode(self.policy, kv, buffers, graph=self.device.type == "cuda")
+        static = self._static[key]
+        static.start(kv)
+        return static
 
     def _allowed(self, keys: list[Key | None], vocab: int) -> torch.Tensor:
         """(R, V) bool: each row's allowed tokens (every token where its key is None)."""
@@ -369,6 +392,16 @@ class _RowCache:
         self.pos = self.pos + real.sum(1)
         return logits, values
 
+    def step(self, tok: torch.Tensor, live: torch.Tensor):
+        """One decode token per row (``live`` False: padding); returns (R, V) logits and (R,) values."""
+        logits, values = self.forward(tok[:, None], live[:, None])
+        return logits[:, 0], values[:, 0]
+
+    def reserve(self, tokens: int) -> list[torch.Tensor]:
+        """Room in every layer for ``tokens`` more columns; returns the key and value buffers."""
+        end = self.attn.shape[1] + tokens
+        return [buffer for layer in self.cache.layers for buffer in layer.reserve(end)]
+
     def restart(self, rows: list[int]) -> None:
         """Rows that begin a new episode forget their old columns and restart at position 0."""
         if rows:
@@ -381,6 +414,103 @@ class _RowCache:
         self.attn, self.pos = self.attn[idx], self.pos[idx]
         if rows:
             self.cache.batch_select_indices(idx)
+
+
+class _ColumnLayer(DynamicLayer):
+    """A cache layer over full-capacity buffers that writes each new key and value at the column
+    held in ``column`` (a device tensor) and returns the whole buffers: shapes never change."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, column: torch.Tensor):
+        super().__init__()
+        self.keys, self.values, self.column, self.is_initialized = keys, values, column, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.keys.index_copy_(2, self.column, key_states)
+        self.values.index_copy_(2, self.column, value_states)
+        return self.keys, self.values
+
+
+class _StaticDecode:
+    """The engine's one-token decode step on tensors of fixed shape and address, so that a GPU can
+    capture it once as a CUDA graph and replay it for every token (one launch instead of one per
+    kernel: the tiny model's decode is bound by launches, not arithmetic).
+
+    While rows decode, every row appends one cache column per token, at the same column. Here the
+    KV buffers keep their full capacity C (``GrowingLayer.reserve``), the next column's index lives on
+    the device, and the attention mask spans all C columns (unwritten ones hidden). ``start`` loads a
+    ``_RowCache``'s state, ``step`` decodes a token, ``finish`` hands the state back. The graph reads
+    the policy's parameters in place, so it stays valid across optimizer steps.
+    """
+
+    def __init__(self, policy: Policy, kv: "_RowCache", buffers: list[torch.Tensor], graph: bool):
+        self.policy = policy
+        rows, capacity, device = len(kv.pos), buffers[0].shape[2], kv.pos.device
+        self.column = torch.zeros(1, dtype=torch.long, device=device)
+        self.columns = torch.arange(capacity, device=device)
+        self.mask = torch.zeros(rows, capacity, dtype=torch.bool, device=device)
+        self.pos = torch.zeros(rows, dtype=torch.long, device=device)
+        self.tok = torch.zeros(rows, dtype=torch.long, device=device)
+        self.live = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.cache = kv.policy.new_cache(values=kv.cache.with_critic)
+        layers = [_ColumnLayer(k, v, self.column) for k, v in zip(buffers[::2], buffers[1::2])]
+        self.cache.lm.layers = layers[: len(kv.cache.lm.layers)]
+        if self.cache.critic is not None:
+            self.cache.critic.layers = layers[len(kv.cache.lm.layers):]
+        self.graph = torch.cuda.CUDAGraph() if graph else None
+        self.captured = False
+
+    def start(self, kv: "_RowCache") -> None:
+        width = kv.attn.shape[1]
+        self.mask.zero_()
+        self.mask[:, :width] = kv.attn
+        self.pos.copy_(kv.pos)
+        self.column.fill_(width)
+
+    def _run(self):
+        self.mask.index_copy_(1, self.column, self.live[:, None])
+        itself = self.columns == self.column  # a stopped row still attends to its own (padding) token
+        allowed = self.mask
+        window = self.policy.attention_window
+        if window:
+            allowed = allowed & (self.pos[:, None] - (self.mask.cumsum(1) - 1) < window)
+        logits, values, _ = self.policy(self.tok[:, None], attention_mask=(allowed | itself)[:, None, None, :],
+                                        position_ids=self.pos[:, None], past_key_values=self.cache, use_cache=True)
+        self.pos += self.live
+        self.column += 1
+        return logits[:, 0], values[:, 0]
+
+    def step(self, tok: torch.Tensor, live: torch.Tensor):
+        """As ``_RowCache.step``; the values returned are overwritten by the next step (copy to keep)."""
+        self.tok.copy_(tok)
+        self.live.copy_(live)
+        if self.graph is None:
+            return self._run()
+        if not self.captured:
+            self._capture()
+        self.graph.replay()
+        logits, values = self.out
+        return logits, values.clone()  # the caller keeps each step's values
+
+    def _capture(self) -> None:
+        # Warm up on a side stream (lazy initialisation must not happen inside the capture), then
+        # undo the warm-up's writes to the state (the cache columns it wrote are rewritten later).
+        saved = self.mask.clone(), self.pos.clone(), self.column.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._run()
+        torch.cuda.current_stream().wait_stream(stream)
+        for buffer, value in zip((self.mask, self.pos, self.column), saved):
+            buffer.copy_(value)
+        with torch.cuda.graph(self.graph):
+            self.out = self._run()
+        self.captured = True
+
+    def finish(self, kv: "_RowCache") -> None:
+        width = int(self.column)
+        kv.attn, kv.pos = self.mask[:, :width].clone(), self.pos.clone()
+        for layer in kv.cache.layers:
+            layer.keys, layer.values = layer.buffers[0][:, :, :width], layer.buffers[1][:, :, :width]
 
 
 def _compact(attn: torch.Tensor, cache: PolicyCache) -> tuple[torch.Tensor, PolicyCache]:

@@ -108,14 +108,25 @@ class GrowingLayer(DynamicLayer):
         n = self.keys.shape[-2] if self.keys.dim() == 4 else 0
         end = n + key_states.shape[-2]
         if not self._appendable(end):
-            capacity = max(2 * end, end + self.headroom, 64)
-            self.buffers = tuple(self._moved(old, new, n, capacity) for old, new in ((self.keys, key_states),
-                                                                                     (self.values, value_states)))
+            self._grow(n, end, key_states, value_states)
         keys, values = self.buffers
         keys[:, :, n:end] = key_states
         values[:, :, n:end] = value_states
         self.keys, self.values = keys[:, :, :end], values[:, :, :end]
         return self.keys, self.values
+
+    def reserve(self, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value buffers, with room for ``end`` columns (moved to bigger ones if they lack
+        it); ``keys``/``values`` stay views of them (the engine's static decode writes into them)."""
+        n = self.keys.shape[-2]
+        if not self._appendable(end):
+            self._grow(n, end, self.keys, self.values)
+            self.keys, self.values = (buffer[:, :, :n] for buffer in self.buffers)
+        return self.buffers
+
+    def _grow(self, n: int, end: int, like_keys: torch.Tensor, like_values: torch.Tensor) -> None:
+        capacity = max(2 * end, end + self.headroom, 64)
+        self.buffers = (self._moved(self.keys, like_keys, n, capacity), self._moved(self.values, like_values, n, capacity))
 
     def _appendable(self, end: int) -> bool:
         """Whether ``keys``/``values`` are still the buffers' views, with room up to ``end``."""
@@ -128,7 +139,7 @@ class GrowingLayer(DynamicLayer):
     @staticmethod
     def _moved(old: torch.Tensor, new: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
         batch, heads, _, dim = new.shape
-        buffer = new.new_empty(batch, heads, capacity, dim)
+        buffer = new.new_zeros(batch, heads, capacity, dim)  # zeros: a static decode step weighs unwritten columns 0, and 0 * NaN is NaN
         if n:
             buffer[:, :, :n] = old
         return buffer
@@ -181,8 +192,9 @@ class Policy(nn.Module):
 
     def autocast(self, device: torch.device):
         """The mixed-precision context of every forward pass (disabled when ``autocast_dtype`` is None)."""
+        # No cache of cast weights: a CUDA graph captured in one context must not keep its freed casts.
         return torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
-                              enabled=self.autocast_dtype is not None)
+                              enabled=self.autocast_dtype is not None, cache_enabled=False)
 
     @property
     def config(self):
@@ -276,13 +288,17 @@ class Policy(nn.Module):
 
     def attention_mask(self, attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
         """The mask the transformer gets: the 2-D padding mask as it is, or with an attention window
-        the 4-D mask of ``window_mask`` (in the form the attention implementation adds or selects by)."""
+        the 4-D mask of ``window_mask``; a 4-D bool mask (B, 1, Q, K) is taken as built. 4-D masks go
+        in the form the attention implementation adds or selects by."""
         window = self.attention_window
-        if not window:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            allowed = attention_mask  # already built by the caller (the engine's static decode step)
+        elif not window:
             return attention_mask
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        allowed = window_mask(attention_mask.bool(), input_ids.shape[1], window)
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            allowed = window_mask(attention_mask.bool(), input_ids.shape[1], window)
         if self.lm.config._attn_implementation == "eager":  # eager adds the mask to the scores
             blocked = torch.finfo(torch.float32).min
             return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, blocked)

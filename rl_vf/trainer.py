@@ -221,7 +221,7 @@ class Trainer:
         self.policy.load_state_dict(policy.state_dict())
         state = torch.load(os.path.join(path, STATE_FILE), map_location=self.device, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a generator's state is a CPU tensor, even a CUDA one's
         if self.reference is not None and state["reference"] is not None:
             self.reference.load_state_dict(state["reference"])
         self.update_idx, self.episodes_done, self.wall_s = state["update"], state["episodes"], state["wall_s"]

@@ -35,7 +35,7 @@ class CountingEnv(gym.Env):
 def assert_matches_recompute(policy, tok, episodes, atol=1e-5) -> torch.Tensor:
     """The engine's sampling-time logprobs and values equal a full recompute of the transcripts;
     returns the action mask of the batch."""
-    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id)
+    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id).to(next(policy.parameters()).device)
     with torch.no_grad():
         full = policy.score(batch.tokens, batch.attention_mask)
     m = batch.action_mask.bool()
@@ -69,12 +69,15 @@ def policy_either_critic(request, policy_and_tokenizer):
     return with_critic.eval(), tok
 
 
-# sync_every > 1 is the GPU setting: rows that stopped keep decoding padding until the next check.
-@pytest.mark.parametrize("num_envs,max_tokens,sync_every", [(4, 3, 1), (7, 5, 1), (32, 4, 1), (7, 5, 3), (32, 4, 8)])
-def test_cached_rollout_matches_full_recompute(policy_either_critic, num_envs, max_tokens, sync_every):
+# sync_every > 1 and static_decode are the GPU settings: rows that stopped keep decoding padding
+# until the next check; the decode step runs on fixed-shape buffers (a CUDA graph there, eager here).
+@pytest.mark.parametrize("num_envs,max_tokens,sync_every,static_decode",
+                         [(4, 3, 1, False), (7, 5, 1, False), (32, 4, 1, False), (7, 5, 3, False), (32, 4, 8, False),
+                          (7, 5, 1, True), (32, 4, 8, True)])
+def test_cached_rollout_matches_full_recompute(policy_either_critic, num_envs, max_tokens, sync_every, static_decode):
     policy, tok = policy_either_critic
     engine = RolloutEngine(policy, tok, CountingEnv, num_envs=num_envs, max_action_tokens=max_tokens,
-                           sync_every=sync_every)
+                           sync_every=sync_every, static_decode=static_decode)
     seeds = list(range(40))
     episodes = engine.collect(seeds, torch.Generator().manual_seed(1))
     assert [e.seed for e in episodes] == seeds  # every episode, in order, including refilled rows
@@ -95,7 +98,9 @@ def test_rewards_sit_on_last_action_token(policy_and_tokenizer):
         assert e.tokens[0] == tok.bos_token_id and mask[0] == 0
 
 
-def test_refills_compact_the_cache_and_stay_exact(policy_either_critic, monkeypatch):
+# static_decode: the fixed-shape decode step that a GPU replays as a CUDA graph, run eagerly here.
+@pytest.mark.parametrize("static_decode", [False, True])
+def test_refills_compact_the_cache_and_stay_exact(policy_either_critic, monkeypatch, static_decode):
     """Many short episodes per row: the cache must be compacted, and results stay exact."""
     import rl_vf.engine as engine_mod
 
@@ -109,7 +114,7 @@ def test_refills_compact_the_cache_and_stay_exact(policy_either_critic, monkeypa
         return attn, cache
 
     monkeypatch.setattr(engine_mod, "_compact", spy)
-    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=5, max_action_tokens=3)
+    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=5, max_action_tokens=3, static_decode=static_decode)
     episodes = engine.collect(list(range(60)), torch.Generator().manual_seed(2))
     longest = max(len(e.tokens) for e in episodes)
     assert max(widths) < 3 * longest  # without compaction it would grow to ~12 episodes' worth
@@ -294,13 +299,13 @@ def test_attention_window_limits_what_a_token_sees(tmp_path):
     assert not torch.allclose(logits(tokens)[9], logits(changed)[9])
 
 
-@pytest.mark.parametrize("window", [3, 7])
-def test_windowed_rollout_matches_full_recompute(policy_either_critic, window):
+@pytest.mark.parametrize("window,static_decode", [(3, False), (7, False), (3, True)])
+def test_windowed_rollout_matches_full_recompute(policy_either_critic, window, static_decode):
     """Sampling-time logprobs and values under an attention window equal the windowed recompute,
     with refilled and compacted rows (the window counts a row's own tokens, not cache columns)."""
     policy, tok = policy_either_critic
     policy = windowed(policy, window)
-    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=5, max_action_tokens=3)
+    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=5, max_action_tokens=3, static_decode=static_decode)
     episodes = engine.collect(list(range(60)), torch.Generator().manual_seed(3))
     assert max(len(e.tokens) for e in episodes) > 4 * window
     assert_matches_recompute(policy, tok, episodes)

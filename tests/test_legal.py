@@ -135,10 +135,11 @@ def test_connect_four_training_with_legal_decoding_plays_no_illegal_move(tmp_pat
     cfg = make_config({"env": "ConnectFour-v0", "algo": "ppo", "constrain_actions": "legal", "total_episodes": 64,
                        "episodes_per_update": 32, "num_envs": 32, "minibatch_size": 16, "epochs": 1,
                        "eval_every": 0, "final_eval_episodes": 32, "checkpoint_every": 0, "diag_every": 0,
-                       "warm_start_demos": 0, "wandb": "disabled", "hidden_size": 32, "intermediate_size": 64})
+                       "warm_start_demos": 0, "wandb": "disabled", "hidden_size": 32, "intermediate_size": 64,
+                       "precision": "fp32"})
     trainer = Trainer(cfg, str(tmp_path))
     batch = RolloutBatch.from_episodes(trainer.engine.collect(trainer.episode_seeds(), trainer.generator),
-                                       trainer.tokenizer.pad_token_id)
+                                       trainer.tokenizer.pad_token_id).to(trainer.device)
     assert not batch.invalid.any() and batch.legal_index is not None
     old = score_batch(trainer.policy, batch, batch.attention_mask.sum(1), chunk=16)  # the update's recompute
     m = batch.action_mask.bool()

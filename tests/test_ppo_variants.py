@@ -15,7 +15,8 @@ from rl_vf.policy import CRITIC_DIR, Critic, TinyConfig, load_policy
 from rl_vf.trainer import Trainer, open_env, policy_for_env
 from tests.test_cli import comparable, ttt_args
 
-SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled")
+# fp32 also on a GPU (where auto means bf16): these compare two computations to 1e-5.
+SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled", precision="fp32")
 
 
 # ---- decoupled GAE -------------------------------------------------------------------------------
@@ -56,7 +57,7 @@ def trainer_with_batch(tmp_path, **overrides):
     cfg = make_config(dict(env="TicTacToe-v0", algo="ppo", episodes_per_update=16, num_envs=16, minibatch_size=8,
                            epochs=2, seed=1, **SMALL, **overrides))
     t = Trainer(cfg, str(tmp_path))
-    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id)
+    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id).to(t.device)
     return t, batch
 
 
@@ -200,10 +201,10 @@ def test_rollouts_without_values_skip_the_separate_critic_and_sample_the_same(tm
     calls = []
     hook = t.policy.critic.register_forward_hook(lambda *_: calls.append(1))
     seeds = t.episode_seeds()
-    cheap = t.engine.collect(seeds, torch.Generator().manual_seed(5))  # the trainer's engine: values=False
+    cheap = t.engine.collect(seeds, torch.Generator(t.device).manual_seed(5))  # the trainer's engine: values=False
     assert calls == [] and all(v == 0.0 for e in cheap for v in e.values)
     full = RolloutEngine(t.policy, t.tokenizer, t.env.make, 16, t.max_action_tokens)  # values, as diagnostics
-    valued = full.collect(seeds, torch.Generator().manual_seed(5))
+    valued = full.collect(seeds, torch.Generator(t.device).manual_seed(5))
     assert calls and any(v != 0.0 for e in valued for v in e.values)
     assert [e.tokens for e in cheap] == [e.tokens for e in valued]
     assert [e.logprobs for e in cheap] == [e.logprobs for e in valued]

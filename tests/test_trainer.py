@@ -8,7 +8,8 @@ from rl_vf.config import make_config
 from rl_vf.engine import RolloutBatch
 from rl_vf.trainer import Trainer, length_buckets, score_batch
 
-SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled")
+# fp32 also on a GPU (where auto means bf16): these compare two computations to 1e-5.
+SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled", precision="fp32")
 
 
 def test_length_buckets_partition_with_bounded_padding():
@@ -23,9 +24,9 @@ def test_length_buckets_partition_with_bounded_padding():
 def collected(tmp_path, algo):
     cfg = make_config(dict(env="TicTacToe-v0", algo=algo, episodes_per_update=48, num_envs=48, seed=1, **SMALL))
     t = Trainer(cfg, str(tmp_path))
-    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id)
+    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id).to(t.device)
     lengths = batch.attention_mask.sum(1)
-    assert len(length_buckets(lengths, torch.arange(len(batch)))) > 1  # early episodes vary in length
+    assert len(length_buckets(lengths, torch.arange(len(batch), device=t.device))) > 1  # early episodes vary in length
     return t, batch, lengths
 
 
@@ -61,11 +62,11 @@ def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
 
 def test_bf16_precision_trains_on_cpu(tmp_path):
     """precision=bf16 (auto's choice on CUDA) through a real update: finite losses, parameters move."""
-    cfg = make_config(dict(env="TicTacToe-v0", episodes_per_update=32, num_envs=32, precision="bf16", **SMALL))
+    cfg = make_config(dict(SMALL, env="TicTacToe-v0", episodes_per_update=32, num_envs=32, precision="bf16", device="cpu"))
     t = Trainer(cfg, str(tmp_path))
     assert t.policy.autocast_dtype == torch.bfloat16
     before = [p.detach().clone() for p in t.policy.parameters()]
-    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id)
+    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id).to(t.device)
     stats = t.update(batch).stats
     assert all(torch.isfinite(torch.tensor(stats[k])) for k in ("loss/pg", "loss/vf", "loss/entropy"))
     assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
