@@ -200,6 +200,10 @@ class RolloutEngine:
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         # Observations repeat a lot (board positions): tokenise each distinct text once.
         self.encode = lru_cache(maxsize=1 << 16)(lambda text: tuple(tokenizer.encode(text, add_special_tokens=False)))
+        # Actions repeat as well (moves, answers): decode each distinct token sequence once; the text
+        # is read up to the first newline.
+        self.action_text = lru_cache(maxsize=1 << 16)(
+            lambda tokens: tokenizer.decode(list(tokens), skip_special_tokens=True).split("\n", 1)[0])
         self.tokens_generated = 0
         # Envs whose step waits on a subprocess (CodeFunction's sandbox) step side by side in threads;
         # a pure-Python env gains nothing from threads (the GIL), so 1 steps them in turn.
@@ -221,10 +225,6 @@ class RolloutEngine:
             return [env.step(text) for env, text in zip(envs, texts)]
         return list(self.pool.map(lambda env, text: env.step(text), envs, texts))
 
-    def _decode_action(self, tokens: list[int]) -> str:
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return text.split("\n", 1)[0]
-
     @torch.no_grad()
     def collect(self, starts: Sequence[int | Start], generator: torch.Generator, greedy: bool = False) -> list[Episode]:
         """Play ``len(starts)`` episodes; returns them in order. Episode i resets one of the engine's
@@ -243,18 +243,17 @@ class RolloutEngine:
 
         while row_episode:
             # Prefill every row's pending tokens as one right-padded chunk.
+            width = max(map(len, pending))
+            ids = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in pending], device=self.device)
             lens = torch.tensor([len(p) for p in pending], device=self.device)
-            ids = torch.full((len(pending), int(lens.max())), self.pad_id, dtype=torch.long)
-            for b, p in enumerate(pending):
-                ids[b, : len(p)] = torch.tensor(p)
-            real = torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]
-            logits, values = kv.forward(ids.to(self.device), real)
+            real = torch.arange(width, device=self.device)[None, :] < lens[:, None]
+            logits, values = kv.forward(ids, real)
             rows = torch.arange(len(pending), device=self.device)
             tries = [self.legal.trie(env) for env in envs] if self.legal else None
             action = self._decode(kv, logits[rows, lens - 1], values[rows, lens - 1], generator, greedy, tries)
 
             # Step the envs; refill finished rows, or drop them once every episode has started.
-            texts = [self._decode_action(tokens) for tokens, *_ in action]
+            texts = [self.action_text(tuple(tokens)) for tokens, *_ in action]
             results = self._step(envs, texts)
             keep, fresh = [], []
             for b, (obs, reward, terminated, truncated, info) in enumerate(results):
