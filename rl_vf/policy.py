@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
 
+from rl_vf import llama
 from rl_vf.legal import allowed_mask
 from rl_vf.tokenizer import DEFAULT_CHARS, char_tokenizer
 
@@ -83,11 +84,11 @@ class Critic(nn.Module):
         self.trunk.save_pretrained(path)
         save_value_head(self.value_head, path)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
-        """Returns ``(values (B, T), past_key_values)``; position t's value scores the state after token t."""
-        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, use_cache=use_cache)
-        return head_values(self.value_head, out.last_hidden_state), out.past_key_values
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
+        """Returns ``(values (B, T), past_key_values)``; position t's value scores the state after token t.
+        ``past_key_values`` (a cache or None) is extended in place."""
+        hidden = trunk_hidden(self.trunk, input_ids, attention_mask, position_ids, past_key_values)
+        return head_values(self.value_head, hidden), past_key_values
 
 
 class GrowingLayer(DynamicLayer):
@@ -219,25 +220,16 @@ class Policy(nn.Module):
         critic_cache = past_key_values.critic if past_key_values is not None else None
         attention_mask = self.attention_mask(attention_mask, input_ids)
         with self.autocast(input_ids.device):
-            out = self.lm.base_model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=lm_cache,
-                use_cache=use_cache,
-            )
-            hidden = out.last_hidden_state
+            hidden = trunk_hidden(self.lm.base_model, input_ids, attention_mask, position_ids, lm_cache)
             logits = self.lm.get_output_embeddings()(hidden).float()
             if self.critic is None:
                 values = head_values(self.value_head, hidden)
             elif past_key_values is not None and not past_key_values.with_critic:
                 values = torch.zeros(hidden.shape[:2], device=hidden.device)
             else:
-                values, critic_cache = self.critic(input_ids, attention_mask, position_ids, critic_cache, use_cache)
+                values, _ = self.critic(input_ids, attention_mask, position_ids, critic_cache)
         if self.allowed_tokens is not None:
             logits = logits.masked_fill(~self.allowed_tokens, float("-inf"))
-        if past_key_values is not None:
-            past_key_values.lm, past_key_values.critic = out.past_key_values, critic_cache
         return logits, values, past_key_values
 
     def score(self, tokens: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False,
@@ -278,7 +270,7 @@ class Policy(nn.Module):
                 values, _ = self.critic(tokens, attention_mask=attention_mask)
                 return aligned_values(values)
             with torch.no_grad():
-                hidden = self.lm.base_model(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
+                hidden = trunk_hidden(self.lm.base_model, tokens, attention_mask)
             return aligned_values(head_values(self.value_head, hidden))
 
     @property
@@ -320,6 +312,16 @@ class Policy(nn.Module):
             self.critic.save_pretrained(os.path.join(path, CRITIC_DIR))
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
+
+
+def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
+    """The last hidden states of a transformer trunk (an LM's ``base_model``, a critic's trunk):
+    ``rl_vf.llama``'s lean forward where it computes the same function, else the model's own.
+    ``past_key_values`` (a cache, or None for no cache) is extended in place."""
+    if llama.supports(trunk):
+        return llama.forward(trunk, input_ids, attention_mask, position_ids, past_key_values)
+    return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                 past_key_values=past_key_values, use_cache=past_key_values is not None).last_hidden_state
 
 
 def window_mask(live: torch.Tensor, queries: int, window: int) -> torch.Tensor:

@@ -1,0 +1,93 @@
+"""A lean forward pass of Hugging Face's ``LlamaModel``: the same weights and the same function,
+with fewer operations and no per-call machinery.
+
+Hugging Face's forward spends most of a small model's time in Python around the arithmetic: mask
+building, output capturing, rotary-embedding modules, hooks. rl_vf calls the trunk hundreds of
+times per update (every prefill and decode token of a rollout, every training minibatch), so the
+built-in tiny model and any plain Llama run through ``forward`` below when ``supports`` says so
+(default RoPE, no biases, SiLU MLP); every other model runs Hugging Face's own forward. The weights
+stay the Hugging Face modules' parameters, so checkpoints, optimizers and gradients are unchanged.
+Tested against Hugging Face's forward, with and without a KV cache (tests/test_llama.py).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def supports(trunk: nn.Module) -> bool:
+    """Whether ``trunk`` (a causal LM's ``base_model``) is a Llama that ``forward`` computes exactly."""
+    config = getattr(trunk, "config", None)
+    return (type(trunk).__name__ == "LlamaModel" and getattr(trunk.rotary_emb, "rope_type", None) == "default"
+            and not config.attention_bias and not config.mlp_bias and config.hidden_act == "silu"
+            and not config.attention_dropout)
+
+
+def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            position_ids: torch.Tensor | None = None, past_key_values=None) -> torch.Tensor:
+    """The last hidden states (B, T, H) of ``trunk`` (a LlamaModel) for ``input_ids`` (B, T).
+
+    ``attention_mask``: None (causal), a 2-D (B, K) mask of the columns each row attends to (its
+    last T columns are the new tokens; K = cached columns + T), or a 4-D (B, 1, T, K) mask as built
+    by the caller (bool, or additive). ``past_key_values``: a Hugging Face cache, extended in place.
+    Each query always attends to itself, so a padding query never sees an empty row (NaN).
+    """
+    config = trunk.config
+    hidden = trunk.embed_tokens(input_ids)
+    batch, new = input_ids.shape
+    past = past_key_values.get_seq_length() if past_key_values is not None else 0
+    if position_ids is None:
+        position_ids = torch.arange(past, past + new, device=input_ids.device)[None].expand(batch, -1)
+    if attention_mask is None and past:  # new tokens after cached ones: causal needs an explicit mask
+        attention_mask = torch.ones(batch, past + new, dtype=torch.bool, device=input_ids.device)
+    cos, sin = rotary(trunk.rotary_emb, position_ids, hidden.dtype)
+    mask = attention_mask_4d(attention_mask, new, past + new)
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    for i, layer in enumerate(trunk.layers[: config.num_hidden_layers]):
+        attn = layer.self_attn
+        x = rms_norm(layer.input_layernorm, hidden)
+        q = F.linear(x, attn.q_proj.weight).view(batch, new, heads, head_dim).transpose(1, 2)
+        k = F.linear(x, attn.k_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
+        v = F.linear(x, attn.v_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, i)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and new > 1,
+                                             scale=attn.scaling, enable_gqa=kv_heads != heads)
+        hidden = hidden + F.linear(out.transpose(1, 2).reshape(batch, new, heads * head_dim), attn.o_proj.weight)
+        x = rms_norm(layer.post_attention_layernorm, hidden)
+        mlp = layer.mlp
+        hidden = hidden + F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight),
+                                   mlp.down_proj.weight)
+    return rms_norm(trunk.norm, hidden)
+
+
+def attention_mask_4d(mask: torch.Tensor | None, queries: int, keys: int) -> torch.Tensor | None:
+    """The (B, 1, Q, K) mask of a 2-D column mask: the new queries are the last Q of the K columns,
+    each sees the allowed columns at or before its own, and always itself. 4-D masks and None pass."""
+    if mask is None or mask.dim() == 4:
+        return mask
+    columns = torch.arange(keys, device=mask.device)
+    own = columns[-queries:, None]
+    return (mask.bool()[:, None, None, :] & (columns <= own)) | (columns == own)
+
+
+def rotary(embedding: nn.Module, position_ids: torch.Tensor, dtype: torch.dtype):
+    """cos and sin (B, 1, T, head_dim) of Hugging Face's default rotary embedding."""
+    freqs = position_ids[..., None].float() * embedding.inv_freq.float()
+    angles = torch.cat((freqs, freqs), dim=-1)
+    scale = embedding.attention_scaling
+    return (angles.cos() * scale).to(dtype)[:, None], (angles.sin() * scale).to(dtype)[:, None]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``LlamaRMSNorm``: normalised in fp32, scaled in the input's dtype."""
+    x32 = x.float()
+    return norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)).to(x.dtype)

@@ -1,0 +1,74 @@
+"""rl_vf.llama's lean forward computes what Hugging Face's LlamaModel computes."""
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rl_vf import llama
+from rl_vf.policy import growing_cache, trunk_hidden
+
+
+def make_trunk(**overrides):
+    config = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=4, max_position_embeddings=256, rope_theta=500.0)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**{**config, **overrides})).base_model.eval()
+
+
+def hf_hidden(trunk, ids, mask=None, positions=None, cache=None):
+    return trunk(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                 use_cache=cache is not None).last_hidden_state
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention
+def test_full_forward_matches_hugging_face(kv_heads):
+    trunk = make_trunk(num_key_value_heads=kv_heads)
+    assert llama.supports(trunk)
+    ids = torch.randint(0, 50, (3, 11))
+    lengths = torch.tensor([11, 7, 4])
+    mask = torch.arange(11)[None, :] < lengths[:, None]  # right padding, as rl_vf's batches
+    real = mask[..., None].expand(-1, -1, 32)
+    torch.testing.assert_close(llama.forward(trunk, ids), hf_hidden(trunk, ids), atol=1e-5, rtol=0)
+    torch.testing.assert_close(llama.forward(trunk, ids, mask.long())[real], hf_hidden(trunk, ids, mask.long())[real],
+                               atol=1e-5, rtol=0)
+
+
+def test_cached_forward_matches_hugging_face():
+    """A prefill and then one-token steps, with per-row positions and masked columns (the engine's
+    use: a row whose earlier column is hidden), into the same kind of cache for both."""
+    trunk = make_trunk()
+    ids = torch.randint(0, 50, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 2] = False  # row 1 does not see column 2
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 1, 2, 3, 4]])
+    ours, theirs = growing_cache(8), growing_cache(8)
+    out = llama.forward(trunk, ids, mask, positions, ours)
+    ref = hf_hidden(trunk, ids, mask, positions, theirs)
+    torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1, [0, 1, 3, 4, 5]], ref[1, [0, 1, 3, 4, 5]], atol=1e-5, rtol=0)
+    for step in range(3):
+        ids = torch.randint(0, 50, (2, 1))
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.bool)], 1)
+        positions = positions[:, -1:] + 1
+        torch.testing.assert_close(llama.forward(trunk, ids, mask, positions, ours),
+                                   hf_hidden(trunk, ids, mask, positions, theirs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.layers[0].keys, theirs.layers[0].keys, atol=1e-5, rtol=0)
+
+
+def test_gradients_match_hugging_face():
+    trunk = make_trunk()
+    twin = copy.deepcopy(trunk)
+    ids = torch.randint(0, 50, (2, 9))
+    mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4])
+    (llama.forward(trunk, ids, mask)[mask.bool()] ** 2).sum().backward()
+    (hf_hidden(twin, ids, mask)[mask.bool()] ** 2).sum().backward()
+    for (name, a), b in zip(trunk.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_other_models_run_their_own_forward():
+    biased = make_trunk(attention_bias=True)
+    assert not llama.supports(biased)
+    ids = torch.randint(0, 50, (2, 5))
+    torch.testing.assert_close(trunk_hidden(biased, ids), hf_hidden(biased, ids))
