@@ -67,6 +67,9 @@ class ChessEndgameEnv(TextEnv):
     - Running out of moves: 0
     - Invalid move: -invalid_penalty (default 0: an invalid move simply loses the task)
     - Any other step: 0
+    - Shaping, on every valid step, added to the above: `material_reward` times the change of
+      the agent's material balance over the step (only the defender can capture: losing the
+      queen costs 9 times it, the rook 5). Off by default (0.0), as in `Chess-v0`.
 
     ## Episode End
     Termination: checkmate, a draw, or an invalid move. Threefold repetition and the
@@ -98,7 +101,7 @@ class ChessEndgameEnv(TextEnv):
     import envs
     gym.make("ChessEndgame-v0", material="KQK", defender="random", agent_color="white",
              max_moves=None, move_format="uci", show_fen=False, show_legal_moves=False, compact=False,
-             invalid_penalty=0.0, max_start_dtm=None, depth=10, stockfish_path=envs.chess_common.STOCKFISH_PATH,
+             invalid_penalty=0.0, material_reward=0.0, max_start_dtm=None, depth=10, stockfish_path=envs.chess_common.STOCKFISH_PATH,
              tablebase_dir=envs.chess_common.GAVIOTA_DIR, render_mode=None)
     ```
     - `material`: "KQK" or "KRK", the agent's pieces against the lone king.
@@ -111,6 +114,7 @@ class ChessEndgameEnv(TextEnv):
     - `compact`: a short header ("w 30": side to move, moves left) and the diagram without
       spaces, half the characters (for character-level models).
     - `invalid_penalty`: >= 0, the reward for an invalid move is its negative.
+    - `material_reward`: >= 0, the coefficient of the material shaping reward.
     - `max_start_dtm`: None (any position), or a curriculum of start positions near mate: only
       those with mate in 1..max_start_dtm agent moves (about 2% of KQK positions are mate in
       1, 11% in at most 3, 24% in at most 4). Needs the Gaviota tables (ValueError without).
@@ -143,6 +147,7 @@ class ChessEndgameEnv(TextEnv):
         show_legal_moves: bool = False,
         compact: bool = False,
         invalid_penalty: float = 0.0,
+        material_reward: float = 0.0,
         max_start_dtm: int | None = None,
         depth: int = 10,
         stockfish_path: str | None = cc.STOCKFISH_PATH,
@@ -156,6 +161,7 @@ class ChessEndgameEnv(TextEnv):
         cc.check_positive_int("max_moves", max_moves)
         cc.check_choice("move_format", move_format, cc.MOVE_FORMATS)
         cc.check_penalty("invalid_penalty", invalid_penalty)
+        cc.check_penalty("material_reward", material_reward)
         cc.check_positive_int("depth", depth)
         if max_start_dtm is not None:
             cc.check_positive_int("max_start_dtm", max_start_dtm)
@@ -171,6 +177,7 @@ class ChessEndgameEnv(TextEnv):
         self.show_fen, self.show_legal_moves = show_fen, show_legal_moves
         self.compact = compact
         self.invalid_penalty = float(invalid_penalty)
+        self.material_reward = float(material_reward)
         self.render_mode = render_mode
         self._stockfish = (
             cc.Stockfish(stockfish_path, chess.engine.Limit(depth=depth)) if has_stockfish else None
@@ -200,6 +207,7 @@ class ChessEndgameEnv(TextEnv):
         if move is None:
             info = self._info(ended=True, invalid=True)
             return self._observation(), -self.invalid_penalty, True, False, info
+        material_before = cc.material_balance(board, self._agent)
         board.push(move)
         self._moves += 1
         outcome = cc.game_outcome(board)
@@ -207,9 +215,11 @@ class ChessEndgameEnv(TextEnv):
             board.push(self._defender_move())
             outcome = cc.game_outcome(board)  # a lone king never mates: a draw at worst
         mated = outcome is not None and outcome.winner is not None
+        gained = cc.material_balance(board, self._agent) - material_before
         truncated = outcome is None and self._moves >= self.max_moves
         info = self._info(ended=outcome is not None or truncated)
-        return self._observation(), float(mated), outcome is not None, truncated, info
+        reward = float(mated) + self.material_reward * gained
+        return self._observation(), reward, outcome is not None, truncated, info
 
     def expert_action(self, rng) -> str:
         board = self._board

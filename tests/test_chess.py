@@ -272,6 +272,16 @@ def test_material_reward_and_results():
     assert (reward, terminated, info["success"]) == (1.0, True, True)
 
 
+@pytest.mark.parametrize("coefficient", [0.0, 0.1])
+def test_endgame_material_reward_prices_a_lost_queen(coefficient):
+    env = ChessEndgameEnv(material_reward=coefficient)
+    env.reset(seed=0, options={"fen": "2k5/8/8/8/8/8/8/K2Q4 w - - 0 1"})
+    _, reward, terminated, _, info = env.step("d1d7")  # next to the king, undefended: taken
+    assert (reward, terminated, info["success"]) == (pytest.approx(-9 * coefficient), True, False)
+    env.reset(seed=0, options={"fen": "k7/8/1K6/8/8/8/8/3Q4 w - - 0 1"})
+    assert env.step("d1d8")[1] == 1.0  # mate: no material changed hands
+
+
 @needs_stockfish
 def test_stockfish_opponent_mates_and_demonstrates():
     back_rank = "4r1k1/5ppp/8/8/8/8/P4PPP/6K1 w - - 0 1"
@@ -371,6 +381,7 @@ def test_no_engine_survives_a_crash(death):
         (lambda: ChessEndgameEnv(max_moves=0), "max_moves=0"),
         (lambda: ChessEndgameEnv(move_format="lan"), "lan"),
         (lambda: ChessEndgameEnv(invalid_penalty=-1.0), "-1.0"),
+        (lambda: ChessEndgameEnv(material_reward=-0.1), "-0.1"),
         (lambda: ChessEndgameEnv(max_start_dtm=0), "max_start_dtm=0"),
         (lambda: ChessEndgameEnv().reset(options=dict(fen=chess.STARTING_FEN)), "fen="),
         (lambda: ChessEnv(opponent="human"), "human"),
