@@ -101,7 +101,8 @@ class ChessEndgameEnv(TextEnv):
     import envs
     gym.make("ChessEndgame-v0", material="KQK", defender="random", agent_color="white",
              max_moves=None, move_format="uci", show_fen=False, show_legal_moves=False, compact=False,
-             invalid_penalty=0.0, material_reward=0.0, max_start_dtm=None, depth=10, stockfish_path=envs.chess_common.STOCKFISH_PATH,
+             invalid_penalty=0.0, material_reward=0.0, max_start_dtm=None, depth=10,
+             stockfish_path=envs.chess_common.STOCKFISH_PATH,
              tablebase_dir=envs.chess_common.GAVIOTA_DIR, render_mode=None)
     ```
     - `material`: "KQK" or "KRK", the agent's pieces against the lone king.

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -399,14 +398,13 @@ def run_rl_vf(model_dir: str, scale: Scale, device: torch.device, threads: int, 
     trainer.policy.train()
     ends, success, seeds = [], [], []
     for _ in range(scale.trl_steps):  # Trainer.train's loop, without its logging, evaluation and checkpoints
-        step_seeds = trainer.episode_seeds()
-        episodes = trainer.engine.collect(step_seeds, trainer.generator)
-        trainer.update(RolloutBatch.from_episodes(episodes, trainer.tokenizer.pad_token_id, cfg.group_size).to(device))
+        episodes, batch = trainer.collect_batch()
+        trainer.update(batch)
         trainer.update_idx += 1
         sync(device)
         ends.append(time.perf_counter())
         success.append(sum(e.success for e in episodes) / len(episodes))
-        seeds.extend(step_seeds[:: cfg.group_size])
+        seeds.extend(e.seed for e in episodes[:: cfg.group_size])
     return ends, success, seeds
 
 

@@ -25,10 +25,9 @@ from typing import Callable, Sequence
 
 import gymnasium as gym
 import torch
-
-from rl_vf.legal import Key, LegalActions, pack_keys
 from transformers.cache_utils import DynamicLayer
 
+from rl_vf.legal import Key, LegalActions, pack_keys
 from rl_vf.policy import Policy, PolicyCache
 
 

@@ -84,11 +84,11 @@ class Critic(nn.Module):
         self.trunk.save_pretrained(path)
         save_value_head(self.value_head, path)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
-        """Returns ``(values (B, T), past_key_values)``; position t's value scores the state after token t.
-        ``past_key_values`` (a cache or None) is extended in place."""
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None) -> torch.Tensor:
+        """Values (B, T): position t's scores the state after token t. ``past_key_values`` (a cache, or
+        None) is extended in place."""
         hidden = trunk_hidden(self.trunk, input_ids, attention_mask, position_ids, past_key_values)
-        return head_values(self.value_head, hidden), past_key_values
+        return head_values(self.value_head, hidden)
 
 
 class GrowingLayer(DynamicLayer):
@@ -127,7 +127,8 @@ class GrowingLayer(DynamicLayer):
 
     def _grow(self, n: int, end: int, like_keys: torch.Tensor, like_values: torch.Tensor) -> None:
         capacity = max(2 * end, end + self.headroom, 64)
-        self.buffers = (self._moved(self.keys, like_keys, n, capacity), self._moved(self.values, like_values, n, capacity))
+        self.buffers = (self._moved(self.keys, like_keys, n, capacity),
+                        self._moved(self.values, like_values, n, capacity))
 
     def _appendable(self, end: int) -> bool:
         """Whether ``keys``/``values`` are still the buffers' views, with room up to ``end``."""
@@ -140,7 +141,8 @@ class GrowingLayer(DynamicLayer):
     @staticmethod
     def _moved(old: torch.Tensor, new: torch.Tensor, n: int, capacity: int) -> torch.Tensor:
         batch, heads, _, dim = new.shape
-        buffer = new.new_zeros(batch, heads, capacity, dim)  # zeros: a static decode step weighs unwritten columns 0, and 0 * NaN is NaN
+        # Zeros: the engine's static decode step weighs unwritten columns 0, and 0 * NaN would be NaN.
+        buffer = new.new_zeros(batch, heads, capacity, dim)
         if n:
             buffer[:, :, :n] = old
         return buffer
@@ -227,7 +229,7 @@ class Policy(nn.Module):
             elif past_key_values is not None and not past_key_values.with_critic:
                 values = torch.zeros(hidden.shape[:2], device=hidden.device)
             else:
-                values, _ = self.critic(input_ids, attention_mask, position_ids, critic_cache)
+                values = self.critic(input_ids, attention_mask, position_ids, critic_cache)
         if self.allowed_tokens is not None:
             logits = logits.masked_fill(~self.allowed_tokens, float("-inf"))
         return logits, values, past_key_values
@@ -267,7 +269,7 @@ class Policy(nn.Module):
         attention_mask = self.attention_mask(attention_mask, tokens)
         with self.autocast(tokens.device):
             if self.critic is not None:
-                values, _ = self.critic(tokens, attention_mask=attention_mask)
+                values = self.critic(tokens, attention_mask=attention_mask)
                 return aligned_values(values)
             with torch.no_grad():
                 hidden = trunk_hidden(self.lm.base_model, tokens, attention_mask)

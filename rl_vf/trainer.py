@@ -228,6 +228,12 @@ class Trainer:
         self.counters = dict(state["counters"])
 
     # ---- one iteration -------------------------------------------------------------------
+    def collect_batch(self) -> tuple[list[Episode], RolloutBatch]:
+        """This update's episodes, played by the policy, and the batch of them on the trainer's device."""
+        episodes = self.engine.collect(self.episode_seeds(), self.generator)
+        batch = RolloutBatch.from_episodes(episodes, self.tokenizer.pad_token_id, self.cfg.group_size)
+        return episodes, batch.to(self.device)
+
     def episode_seeds(self) -> list[int]:
         """Reset seeds of this update's episodes; the K members of a group share one."""
         cfg = self.cfg
@@ -335,8 +341,7 @@ class Trainer:
         while self.update_idx < total_updates:
             t0 = time.perf_counter()
             self.set_lr(total_updates)
-            episodes = self.engine.collect(self.episode_seeds(), self.generator)
-            batch = RolloutBatch.from_episodes(episodes, self.tokenizer.pad_token_id, cfg.group_size).to(self.device)
+            episodes, batch = self.collect_batch()
             t1 = time.perf_counter()
             result = self.update(batch)
             t2 = time.perf_counter()

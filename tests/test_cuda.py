@@ -8,7 +8,7 @@ import torch
 from test_engine import CountingEnv, assert_matches_recompute, windowed
 
 from rl_vf.config import make_config
-from rl_vf.engine import RolloutBatch, RolloutEngine
+from rl_vf.engine import RolloutEngine
 from rl_vf.policy import Critic, TinyConfig, load_policy
 from rl_vf.trainer import Trainer
 
@@ -89,8 +89,8 @@ def test_training_on_cuda_defaults_to_bf16_and_learns_a_step(tmp_path):
     assert t.device.type == "cuda" and t.policy.autocast_dtype == torch.bfloat16
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in t.policy.parameters())
     before = [p.detach().clone() for p in t.policy.parameters()]
-    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id)
-    stats = t.update(batch.to(t.device)).stats
+    _, batch = t.collect_batch()
+    stats = t.update(batch).stats
     assert all(torch.isfinite(torch.tensor(stats[k])) for k in ("loss/pg", "loss/vf", "loss/entropy"))
     assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
 

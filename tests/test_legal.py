@@ -138,8 +138,7 @@ def test_connect_four_training_with_legal_decoding_plays_no_illegal_move(tmp_pat
                        "warm_start_demos": 0, "wandb": "disabled", "hidden_size": 32, "intermediate_size": 64,
                        "precision": "fp32"})
     trainer = Trainer(cfg, str(tmp_path))
-    batch = RolloutBatch.from_episodes(trainer.engine.collect(trainer.episode_seeds(), trainer.generator),
-                                       trainer.tokenizer.pad_token_id).to(trainer.device)
+    _, batch = trainer.collect_batch()
     assert not batch.invalid.any() and batch.legal_index is not None
     old = score_batch(trainer.policy, batch, batch.attention_mask.sum(1), chunk=16)  # the update's recompute
     m = batch.action_mask.bool()

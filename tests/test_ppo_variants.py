@@ -1,5 +1,4 @@
 """The PPO variants: separate critic, decoupled GAE (lam_critic) and critic warm-up."""
-import copy
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +9,7 @@ from rl_vf.algos.losses import policy_loss, value_loss
 from rl_vf.cli import main
 from rl_vf.compare import make_comparison
 from rl_vf.config import ConfigError, make_config
-from rl_vf.engine import RolloutBatch, RolloutEngine
+from rl_vf.engine import RolloutEngine
 from rl_vf.policy import CRITIC_DIR, Critic, TinyConfig, load_policy
 from rl_vf.trainer import Trainer, open_env, policy_for_env
 from tests.test_cli import comparable, ttt_args
@@ -57,7 +56,7 @@ def trainer_with_batch(tmp_path, **overrides):
     cfg = make_config(dict(env="TicTacToe-v0", algo="ppo", episodes_per_update=16, num_envs=16, minibatch_size=8,
                            epochs=2, seed=1, **SMALL, **overrides))
     t = Trainer(cfg, str(tmp_path))
-    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id).to(t.device)
+    _, batch = t.collect_batch()
     return t, batch
 
 
@@ -128,7 +127,7 @@ def test_separate_critic_gets_only_the_value_loss(policy_with_critic):
     policy, tok = policy_with_critic
     tokens, attention, mask = transcripts(tok)
     out = policy.score(tokens, attention)
-    critic_values, _ = policy.critic(tokens, attention_mask=attention)
+    critic_values = policy.critic(tokens, attention_mask=attention)
     torch.testing.assert_close(out["next_value"], critic_values)  # the critic's values, not the LM's head
     value_loss(out["values"], out["values"].detach(), torch.ones_like(mask, dtype=torch.float), mask, None).backward()
     assert grads(policy.critic) and not grads(policy.lm) and not grads(policy.value_head)

@@ -5,7 +5,6 @@ import torch
 
 import rl_vf.trainer as trainer
 from rl_vf.config import make_config
-from rl_vf.engine import RolloutBatch
 from rl_vf.trainer import Trainer, length_buckets, score_batch
 
 # fp32 also on a GPU (where auto means bf16): these compare two computations to 1e-5.
@@ -24,7 +23,7 @@ def test_length_buckets_partition_with_bounded_padding():
 def collected(tmp_path, algo):
     cfg = make_config(dict(env="TicTacToe-v0", algo=algo, episodes_per_update=48, num_envs=48, seed=1, **SMALL))
     t = Trainer(cfg, str(tmp_path))
-    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id).to(t.device)
+    _, batch = t.collect_batch()
     lengths = batch.attention_mask.sum(1)
     assert len(length_buckets(lengths, torch.arange(len(batch), device=t.device))) > 1  # early episodes vary in length
     return t, batch, lengths
@@ -66,7 +65,7 @@ def test_bf16_precision_trains_on_cpu(tmp_path):
     t = Trainer(cfg, str(tmp_path))
     assert t.policy.autocast_dtype == torch.bfloat16
     before = [p.detach().clone() for p in t.policy.parameters()]
-    batch = RolloutBatch.from_episodes(t.engine.collect(t.episode_seeds(), t.generator), t.tokenizer.pad_token_id).to(t.device)
+    _, batch = t.collect_batch()
     stats = t.update(batch).stats
     assert all(torch.isfinite(torch.tensor(stats[k])) for k in ("loss/pg", "loss/vf", "loss/entropy"))
     assert any(not torch.equal(a, b) for a, b in zip(before, t.policy.parameters()))
