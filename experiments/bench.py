@@ -207,32 +207,34 @@ def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.devi
 def bench_decode(scale: Scale, device: torch.device) -> dict:
     log(f"decode: fp32 matmul {scale.matmul_n}^3 ...")
     before = matmul_gflops(scale.matmul_n, device)
-    figures, rows = {}, []
+    figures = {}
     context = scale.prompt_tokens + scale.decode_tokens / 2  # mean cached length while decoding
     for size in SIZES:
         policy, tokenizer = build(size, device)
-        flops = flops_per_token(policy, context)
         figures[f"params_{size}"] = param_count(policy)
-        figures[f"flops_per_token_{size}"] = flops
+        figures[f"flops_per_token_{size}"] = flops_per_token(policy, context)
         decode_tok_s(policy, tokenizer, 16, replace(scale, decode_tokens=2), device)  # warm-up
         for batch in scale.decode_batches:
             log(f"decode: {size} batch {batch} ...")
-            tok_s = decode_tok_s(policy, tokenizer, batch, scale, device)
-            figures[f"decode_tok_s_b{batch}_{size}"] = tok_s
-            row = [size, f"{param_count(policy):,}", batch, tok_s, (flops, tok_s)]
+            figures[f"decode_tok_s_b{batch}_{size}"] = decode_tok_s(policy, tokenizer, batch, scale, device)
             if device.type == "cuda":  # the same decode without CUDA graphs (kernels launched one by one)
-                eager = decode_tok_s(policy, tokenizer, batch, scale, device, static_decode=False)
-                figures[f"decode_tok_s_b{batch}_{size}_no_graphs"] = eager
-                row += [eager, f"{tok_s / eager:.2f}x"]
-            rows.append(row)
+                figures[f"decode_tok_s_b{batch}_{size}_no_graphs"] = decode_tok_s(
+                    policy, tokenizer, batch, scale, device, static_decode=False)
     # The roof is a peak: measured before and after the decodes, the higher counts (a shared
     # machine's neighbours can halve one measurement).
     log(f"decode: fp32 matmul {scale.matmul_n}^3 again ...")
     gflops = figures["matmul_gflops"] = max(before, matmul_gflops(scale.matmul_n, device))
-    for row in rows:
-        (flops, tok_s), size, batch = row[4], row[0], row[2]
-        pct = figures[f"decode_pct_of_matmul_b{batch}_{size}"] = 100 * tok_s * flops / (gflops * 1e9)
-        row[4] = f"{pct:.2f}%"
+    rows = []
+    for size in SIZES:
+        for batch in scale.decode_batches:
+            tok_s = figures[f"decode_tok_s_b{batch}_{size}"]
+            pct = 100 * tok_s * figures[f"flops_per_token_{size}"] / (gflops * 1e9)
+            figures[f"decode_pct_of_matmul_b{batch}_{size}"] = pct
+            row = [size, f"{figures[f'params_{size}']:,}", batch, tok_s, f"{pct:.2f}%"]
+            if device.type == "cuda":
+                eager = figures[f"decode_tok_s_b{batch}_{size}_no_graphs"]
+                row += [eager, f"{tok_s / eager:.2f}x"]
+            rows.append(row)
     graph_columns = ["tokens/s without CUDA graphs", "graphs / without"] if device.type == "cuda" else []
     table(f"1. Engine decode ({scale.decode_tokens} tokens after a {scale.prompt_tokens}-token prompt; "
           f"fp32 matmul {gflops:.1f} GFLOP/s on {torch.get_num_threads()} threads)",

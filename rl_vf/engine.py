@@ -27,6 +27,7 @@ import gymnasium as gym
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from rl_vf import llama
 from rl_vf.legal import Key, LegalActions, pack_keys
 from rl_vf.policy import Policy, PolicyCache
 
@@ -443,8 +444,7 @@ class _StaticDecode:
     def __init__(self, policy: Policy, kv: "_RowCache", buffers: list[torch.Tensor], graph: bool):
         self.policy = policy
         rows, capacity, device = len(kv.pos), buffers[0].shape[2], kv.pos.device
-        self.column = torch.zeros(1, dtype=torch.long, device=device)
-        self.columns = torch.arange(capacity, device=device)
+        self.column = torch.zeros(1, dtype=torch.long, device=device)  # the next column, for the graph
         self.mask = torch.zeros(rows, capacity, dtype=torch.bool, device=device)
         self.pos = torch.zeros(rows, dtype=torch.long, device=device)
         self.tok = torch.zeros(rows, dtype=torch.long, device=device)
@@ -458,21 +458,17 @@ class _StaticDecode:
         self.captured = False
 
     def start(self, kv: "_RowCache") -> None:
-        width = kv.attn.shape[1]
+        self.width = kv.attn.shape[1]  # the columns written, known on the host (no sync to read column)
         self.mask.zero_()
-        self.mask[:, :width] = kv.attn
+        self.mask[:, : self.width] = kv.attn
         self.pos.copy_(kv.pos)
-        self.column.fill_(width)
+        self.column.fill_(self.width)
 
     def _run(self):
         self.mask.index_copy_(1, self.column, self.live[:, None])
-        itself = self.columns == self.column  # a stopped row still attends to its own (padding) token
-        allowed = self.mask
-        window = self.policy.attention_window
-        if window:
-            allowed = allowed & (self.pos[:, None] - (self.mask.cumsum(1) - 1) < window)
-        logits, values, _ = self.policy(self.tok[:, None], attention_mask=(allowed | itself)[:, None, None, :],
-                                        position_ids=self.pos[:, None], past_key_values=self.cache, use_cache=True)
+        allowed = llama.visible(self.mask, self.column, self.policy.attention_window)
+        logits, values, _ = self.policy(self.tok[:, None], attention_mask=allowed, position_ids=self.pos[:, None],
+                                        past_key_values=self.cache, use_cache=True)
         self.pos += self.live
         self.column += 1
         return logits[:, 0], values[:, 0]
@@ -481,6 +477,7 @@ class _StaticDecode:
         """As ``_RowCache.step``; the values returned are overwritten by the next step (copy to keep)."""
         self.tok.copy_(tok)
         self.live.copy_(live)
+        self.width += 1
         if self.graph is None:
             return self._run()
         if not self.captured:
@@ -505,7 +502,7 @@ class _StaticDecode:
         self.captured = True
 
     def finish(self, kv: "_RowCache") -> None:
-        width = int(self.column)
+        width = self.width
         kv.attn, kv.pos = self.mask[:, :width].clone(), self.pos.clone()
         for layer in kv.cache.layers:
             layer.keys, layer.values = layer.buffers[0][:, :, :width], layer.buffers[1][:, :, :width]

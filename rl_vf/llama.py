@@ -42,7 +42,7 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     if attention_mask is None and past:  # new tokens after cached ones: causal needs an explicit mask
         attention_mask = torch.ones(batch, past + new, dtype=torch.bool, device=input_ids.device)
     cos, sin = rotary(trunk.rotary_emb, position_ids, hidden.dtype)
-    mask = attention_mask_4d(attention_mask, new, past + new)
+    mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else visible(attention_mask, new)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     for i, layer in enumerate(trunk.layers[: config.num_hidden_layers]):
@@ -64,14 +64,25 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     return rms_norm(trunk.norm, hidden)
 
 
-def attention_mask_4d(mask: torch.Tensor | None, queries: int, keys: int) -> torch.Tensor | None:
-    """The (B, 1, Q, K) mask of a 2-D column mask: the new queries are the last Q of the K columns,
-    each sees the allowed columns at or before its own, and always itself. 4-D masks and None pass."""
-    if mask is None or mask.dim() == 4:
-        return mask
-    columns = torch.arange(keys, device=mask.device)
-    own = columns[-queries:, None]
-    return (mask.bool()[:, None, None, :] & (columns <= own)) | (columns == own)
+def visible(live: torch.Tensor, queries: int | torch.Tensor, window: int = 0) -> torch.Tensor:
+    """(B, 1, Q, K) bool: which columns each query attends to.
+
+    ``live`` (B, K) marks the columns a row attends to (its tokens; padding and an old episode's
+    columns are False). ``queries``: the query columns (Q,), or their count when they are the last
+    columns. Each query sees the live columns at or before its own and always itself (a padding
+    query would otherwise see nothing, and softmax over nothing is NaN). With a ``window`` (rl_vf's
+    attention window; 0: none) only those less than ``window`` positions behind it: a token's position
+    is its row's count of live columns before it, as the engine and a right-padded recompute number
+    them, so the window counts a row's tokens, not cache columns.
+    """
+    live = live.bool()
+    columns = torch.arange(live.shape[1], device=live.device)
+    query_columns = columns[-queries:] if isinstance(queries, int) else queries
+    allowed = live[:, None, :] & (columns <= query_columns[:, None])  # (B, Q, K)
+    if window:
+        position = live.cumsum(1) - 1
+        allowed = allowed & (position[:, query_columns, None] - position[:, None, :] < window)
+    return (allowed | (columns == query_columns[:, None]))[:, None]
 
 
 def rotary(embedding: nn.Module, position_ids: torch.Tensor, dtype: torch.dtype):

@@ -282,7 +282,7 @@ class Policy(nn.Module):
 
     def attention_mask(self, attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
         """The mask the transformer gets: the 2-D padding mask as it is, or with an attention window
-        the 4-D mask of ``window_mask``; a 4-D bool mask (B, 1, Q, K) is taken as built. 4-D masks go
+        the 4-D mask of ``llama.visible``; a 4-D bool mask (B, 1, Q, K) is taken as built. 4-D masks go
         in the form the attention implementation adds or selects by."""
         window = self.attention_window
         if attention_mask is not None and attention_mask.dim() == 4:
@@ -292,7 +292,7 @@ class Policy(nn.Module):
         else:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            allowed = window_mask(attention_mask.bool(), input_ids.shape[1], window)
+            allowed = llama.visible(attention_mask, input_ids.shape[1], window)
         if self.lm.config._attn_implementation == "eager":  # eager adds the mask to the scores
             blocked = torch.finfo(torch.float32).min
             return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, blocked)
@@ -324,25 +324,6 @@ def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=
         return llama.forward(trunk, input_ids, attention_mask, position_ids, past_key_values)
     return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                  past_key_values=past_key_values, use_cache=past_key_values is not None).last_hidden_state
-
-
-def window_mask(live: torch.Tensor, queries: int, window: int) -> torch.Tensor:
-    """(B, 1, Q, K) bool attention mask of a sliding window over each row's own tokens.
-
-    ``live`` (B, K) marks the columns a row attends to (its tokens; padding and an old episode's
-    columns are False), the last ``queries`` of them being the new tokens. A token's position is its
-    row's count of live columns before it, as the engine and a right-padded recompute number them, so
-    the window counts a row's tokens, not cache columns. Each query sees the live columns at or before
-    its own that are less than ``window`` positions behind it, and always itself (a padding query
-    would otherwise see nothing, and softmax over nothing is NaN).
-    """
-    columns = torch.arange(live.shape[1], device=live.device)
-    query_columns = columns[-queries:]
-    position = live.cumsum(1) - 1
-    behind = position[:, -queries:, None] - position[:, None, :]  # (B, Q, K)
-    causal = columns[None, :] <= query_columns[:, None]  # (Q, K)
-    allowed = live[:, None, :] & causal & (behind < window)
-    return (allowed | (columns[None, :] == query_columns[:, None]))[:, None]
 
 
 def aligned_values(values: torch.Tensor) -> dict:

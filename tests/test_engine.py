@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rl_vf.engine import RolloutBatch, RolloutEngine, Start
-from rl_vf.policy import WINDOW_KEY, Critic, TinyConfig, load_policy, window_mask
+from rl_vf.llama import visible
+from rl_vf.policy import WINDOW_KEY, Critic, TinyConfig, load_policy
 
 
 class CountingEnv(gym.Env):
@@ -259,13 +260,13 @@ def windowed(policy, window: int):
 def test_window_mask_counts_each_rows_own_tokens():
     # Row 0: tokens at columns 0, 1, 3, 4 (column 2 is an old episode's or padding); row 1: all live.
     live = torch.tensor([[1, 1, 0, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    mask = window_mask(live, queries=2, window=2)[:, 0].int()  # queries: columns 3 and 4
+    mask = visible(live, queries=2, window=2)[:, 0].int()  # queries: columns 3 and 4
     assert mask.tolist() == [[[0, 1, 0, 1, 0],   # position 2 sees positions 1, 2 (column 2 is not a token)
                               [0, 0, 0, 1, 1]],  # position 3 sees 2, 3
                              [[0, 0, 1, 1, 0],
                               [0, 0, 0, 1, 1]]]
     # A padding query with no token before it sees itself, so its softmax is never over nothing.
-    assert window_mask(torch.zeros(1, 3, dtype=torch.bool), 1, 2)[0, 0].tolist() == [[False, False, True]]
+    assert visible(torch.zeros(1, 3, dtype=torch.bool), 1, 2)[0, 0].tolist() == [[False, False, True]]
 
 
 def test_attention_window_limits_what_a_token_sees(tmp_path):
