@@ -12,7 +12,8 @@ from envs.base import TextEnv
 
 MATERIALS = {"KQK": chess.QUEEN, "KRK": chess.ROOK}
 DEFENDERS = ("random", "stockfish")
-DEFAULT_MAX_MOVES = {"KQK": 30, "KRK": 40}  # optimal play needs at most 10 (KQK), 16 (KRK)
+DEFAULT_MAX_MOVES = {"KQK": 30, "KRK": 40}
+LONGEST_MATE = {"KQK": 10, "KRK": 16}  # agent moves, with best play by both sides
 
 
 class ChessEndgameEnv(TextEnv):
@@ -70,6 +71,14 @@ class ChessEndgameEnv(TextEnv):
     - Shaping, on every valid step, added to the above: `material_reward` times the change of
       the agent's material balance over the step (only the defender can capture: losing the
       queen costs 9 times it, the rook 5). Off by default (0.0), as in `Chess-v0`.
+    - Tablebase shaping (an oracle: needs the Gaviota tables), on every step:
+      `Φ(after) - Φ(before)` with the potential `Φ = tablebase_reward * (1 - dtm / (L + 1))`
+      while mate can be forced (`L`: the longest mate, 10 moves for KQK, 16 for KRK),
+      `tablebase_reward` at mate and 0 once the win is gone or the episode ends without mate.
+      A move that brings mate closer earns a little; one that stalemates, hangs the piece,
+      repeats the position or is invalid gives back the whole potential. Over a whole game it adds up to
+      `tablebase_reward` on a mate minus the start's potential, so it leaves the best policy
+      unchanged (potential-based shaping). Off by default (0.0).
 
     ## Episode End
     Termination: checkmate, a draw, or an invalid move. Threefold repetition and the
@@ -101,7 +110,7 @@ class ChessEndgameEnv(TextEnv):
     import envs
     gym.make("ChessEndgame-v0", material="KQK", defender="random", agent_color="white",
              max_moves=None, move_format="uci", show_fen=False, show_legal_moves=False, compact=False,
-             invalid_penalty=0.0, material_reward=0.0, max_start_dtm=None, depth=10,
+             invalid_penalty=0.0, material_reward=0.0, tablebase_reward=0.0, max_start_dtm=None, depth=10,
              stockfish_path=envs.chess_common.STOCKFISH_PATH,
              tablebase_dir=envs.chess_common.GAVIOTA_DIR, render_mode=None)
     ```
@@ -116,6 +125,8 @@ class ChessEndgameEnv(TextEnv):
       spaces, half the characters (for character-level models).
     - `invalid_penalty`: >= 0, the reward for an invalid move is its negative.
     - `material_reward`: >= 0, the coefficient of the material shaping reward.
+    - `tablebase_reward`: >= 0, the scale of the tablebase shaping reward. Needs the Gaviota
+      tables (ValueError without).
     - `max_start_dtm`: None (any position), or a curriculum of start positions near mate: only
       those with mate in 1..max_start_dtm agent moves (about 2% of KQK positions are mate in
       1, 11% in at most 3, 24% in at most 4). Needs the Gaviota tables (ValueError without).
@@ -149,6 +160,7 @@ class ChessEndgameEnv(TextEnv):
         compact: bool = False,
         invalid_penalty: float = 0.0,
         material_reward: float = 0.0,
+        tablebase_reward: float = 0.0,
         max_start_dtm: int | None = None,
         depth: int = 10,
         stockfish_path: str | None = cc.STOCKFISH_PATH,
@@ -163,6 +175,7 @@ class ChessEndgameEnv(TextEnv):
         cc.check_choice("move_format", move_format, cc.MOVE_FORMATS)
         cc.check_penalty("invalid_penalty", invalid_penalty)
         cc.check_penalty("material_reward", material_reward)
+        cc.check_penalty("tablebase_reward", tablebase_reward)
         cc.check_positive_int("depth", depth)
         if max_start_dtm is not None:
             cc.check_positive_int("max_start_dtm", max_start_dtm)
@@ -185,8 +198,10 @@ class ChessEndgameEnv(TextEnv):
         )
         self.tablebase_dir = tablebase_dir
         self.tablebase_available, self.tablebase_status = self._check_tablebase()
-        if max_start_dtm is not None and not self.tablebase_available:
-            raise ValueError(f"max_start_dtm={max_start_dtm} needs the Gaviota tables: {self.tablebase_status}")
+        for name, value in (("max_start_dtm", max_start_dtm), ("tablebase_reward", tablebase_reward)):
+            if value and not self.tablebase_available:
+                raise ValueError(f"{name}={value} needs the Gaviota tables: {self.tablebase_status}")
+        self.tablebase_reward = float(tablebase_reward)
         self.max_start_dtm = max_start_dtm
         self.observation_space, self.action_space = cc.spaces()
         self._piece = MATERIALS[material]
@@ -207,8 +222,9 @@ class ChessEndgameEnv(TextEnv):
         move = cc.parse_move(board, action)
         if move is None:
             info = self._info(ended=True, invalid=True)
-            return self._observation(), -self.invalid_penalty, True, False, info
+            return self._observation(), -self.invalid_penalty - self._potential(ended=False), True, False, info
         material_before = cc.material_balance(board, self._agent)
+        potential_before = self._potential(ended=False)
         board.push(move)
         self._moves += 1
         outcome = cc.game_outcome(board)
@@ -218,8 +234,10 @@ class ChessEndgameEnv(TextEnv):
         mated = outcome is not None and outcome.winner is not None
         gained = cc.material_balance(board, self._agent) - material_before
         truncated = outcome is None and self._moves >= self.max_moves
-        info = self._info(ended=outcome is not None or truncated)
-        reward = float(mated) + self.material_reward * gained
+        ended = outcome is not None or truncated
+        info = self._info(ended)
+        shaping = self.material_reward * gained + self._potential(ended) - potential_before
+        reward = float(mated) + shaping
         return self._observation(), reward, outcome is not None, truncated, info
 
     def expert_action(self, rng) -> str:
@@ -318,6 +336,15 @@ class ChessEndgameEnv(TextEnv):
         if self._board.turn != self._agent:
             plies = -plies
         return max(0, (plies + 1) // 2)  # the agent mates on odd plies from its own turn
+
+    def _potential(self, ended: bool) -> float:
+        """The tablebase shaping's potential of the current position (0.0 when the shaping is off)."""
+        if not self.tablebase_reward:
+            return 0.0
+        if self._board.is_checkmate():
+            return self.tablebase_reward
+        dtm = 0 if ended else self._dtm()
+        return self.tablebase_reward * (1 - dtm / (LONGEST_MATE[self.material] + 1)) if dtm else 0.0
 
     def _info(self, ended: bool, invalid: bool = False) -> dict:
         mated = self._board.is_checkmate()

@@ -282,6 +282,41 @@ def test_endgame_material_reward_prices_a_lost_queen(coefficient):
     assert env.step("d1d8")[1] == 1.0  # mate: no material changed hands
 
 
+def tablebase_potential(env, dtm):
+    return env.tablebase_reward * (1 - dtm / 11)  # KQK's longest mate is 10 moves
+
+
+@needs_tables
+def test_tablebase_reward_pays_progress_and_takes_back_a_hung_queen():
+    env = ChessEndgameEnv(tablebase_reward=0.5)
+    _, info = env.reset(seed=0, options={"fen": "k7/8/1K6/8/8/8/8/3Q4 w - - 0 1"})
+    assert info["dtm"] == 1
+    assert env.step("d1d8")[1] == pytest.approx(1 + 0.5 / 11)  # mate: +1, and the potential 0.5 * 10/11 -> 0.5
+    _, info = env.reset(seed=0, options={"fen": "2k5/8/8/8/8/8/8/K2Q4 w - - 0 1"})
+    _, reward, terminated, _, _ = env.step("d1d7")  # taken: the win and its potential are gone
+    assert terminated and reward == pytest.approx(-tablebase_potential(env, info["dtm"]))
+
+
+@needs_tables
+@pytest.mark.parametrize("seed", range(6))
+def test_tablebase_reward_adds_up_to_the_mate_bonus_minus_the_start_potential(seed):
+    """Potential-based: a whole game's shaping telescopes, whatever the moves were."""
+    env = ChessEndgameEnv(tablebase_reward=1.0, max_moves=12)
+    _, info = env.reset(seed=seed)
+    start_potential = tablebase_potential(env, info["dtm"])
+    total, rng, done = 0.0, np.random.default_rng(seed), False
+    while not done:
+        legal = env.legal_actions()
+        _, reward, terminated, truncated, info = env.step(legal[rng.integers(len(legal))])
+        total, done = total + reward, terminated or truncated
+    assert total == pytest.approx((1 + 1.0) * info["success"] - start_potential)
+
+
+def test_tablebase_reward_needs_the_tables():
+    with pytest.raises(ValueError, match="tablebase_reward=0.1 needs the Gaviota tables"):
+        ChessEndgameEnv(tablebase_reward=0.1, tablebase_dir=None)
+
+
 @needs_stockfish
 def test_stockfish_opponent_mates_and_demonstrates():
     back_rank = "4r1k1/5ppp/8/8/8/8/P4PPP/6K1 w - - 0 1"
@@ -382,6 +417,7 @@ def test_no_engine_survives_a_crash(death):
         (lambda: ChessEndgameEnv(move_format="lan"), "lan"),
         (lambda: ChessEndgameEnv(invalid_penalty=-1.0), "-1.0"),
         (lambda: ChessEndgameEnv(material_reward=-0.1), "-0.1"),
+        (lambda: ChessEndgameEnv(tablebase_reward=-0.1), "-0.1"),
         (lambda: ChessEndgameEnv(max_start_dtm=0), "max_start_dtm=0"),
         (lambda: ChessEndgameEnv().reset(options=dict(fen=chess.STARTING_FEN)), "fen="),
         (lambda: ChessEnv(opponent="human"), "human"),
