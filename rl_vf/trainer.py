@@ -247,7 +247,7 @@ class Trainer:
         lengths = batch.attention_mask.sum(1)
         critic_only = self.update_idx < cfg.critic_warmup_updates  # a critic warm-up update (ppo only)
         with torch.no_grad():
-            old = score_batch(policy, batch, lengths, cfg.minibatch_size)
+            old = score_batch(policy, batch, lengths, cfg.minibatch_size) if self.scores_before_update(len(batch)) else None
             ref = None
             if self.reference is not None and not critic_only:
                 ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"]
@@ -289,7 +289,14 @@ class Trainer:
         stats["ppo/epochs"] = epoch + 1
         return Update(stats, tokens)
 
-    def part_loss(self, batch: RolloutBatch, sl, old: dict, ref: torch.Tensor | None, advantages: torch.Tensor,
+    def scores_before_update(self, batch_size: int) -> bool:
+        """Whether an update first scores its batch (old log-probs, values). Not for one optimizer step
+        without a critic: the policy has not moved since sampling, so the old log-probs are the new
+        ones, detached (part_loss); a scoring pass would only repeat them."""
+        cfg = self.cfg
+        return self.algo.USES_CRITIC or cfg.epochs > 1 or cfg.minibatch_size < batch_size
+
+    def part_loss(self, batch: RolloutBatch, sl, old: dict | None, ref: torch.Tensor | None, advantages: torch.Tensor,
                   returns: torch.Tensor | None, critic_only: bool) -> tuple[torch.Tensor, dict]:
         """The loss on one part ``sl`` of a minibatch, and its named terms (loss/*, ppo/* statistics).
 
@@ -302,7 +309,8 @@ class Trainer:
             loss, terms = 0.0, {}
         else:
             new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
-            pg, pg_stats = policy_loss(new["logprobs"], old["logprobs"][sl], advantages[sl], m, cfg.clip)
+            old_logprobs = new["logprobs"].detach() if old is None else old["logprobs"][sl]
+            pg, pg_stats = policy_loss(new["logprobs"], old_logprobs, advantages[sl], m, cfg.clip)
             entropy = masked_mean(new["entropy"], m)
             terms = {"loss/pg": pg, "loss/entropy": entropy, **{f"ppo/{k}": v for k, v in pg_stats.items()}}
             loss = pg - cfg.ent_coef * entropy

@@ -59,6 +59,32 @@ def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
             assert abs(grouped[key] - padded[key]) < 1e-5, (algo, key)
 
 
+def test_one_step_update_without_critic_skips_scoring_and_steps_the_same(tmp_path, monkeypatch):
+    t, batch, _ = collected(tmp_path, "reinforce")
+    t.cfg.epochs, t.cfg.minibatch_size = 1, len(batch)
+    assert not t.scores_before_update(len(batch))
+    assert t.scores_before_update(len(batch) + 1)  # two minibatches: the second needs the old log-probs
+    t.cfg.epochs = 2
+    assert t.scores_before_update(len(batch))
+    t.cfg.epochs = 1
+    state = copy.deepcopy((t.policy.state_dict(), t.optimizer.state_dict(), t.generator.get_state()))
+    reused = t.update(batch).stats
+    after_reused = copy.deepcopy(t.policy.state_dict())
+
+    t.policy.load_state_dict(state[0])
+    t.optimizer.load_state_dict(state[1])
+    t.generator.set_state(state[2])
+    monkeypatch.setattr(t, "scores_before_update", lambda batch_size: True)
+    scored = t.update(batch).stats
+    for name, value in t.policy.state_dict().items():
+        assert torch.allclose(value, after_reused[name], atol=1e-6), name
+    for key in ("loss/pg", "loss/entropy", "ppo/approx_kl", "ppo/clipfrac"):
+        assert abs(reused[key] - scored[key]) < 1e-5, key
+    ppo, _, _ = collected(tmp_path / "ppo", "ppo")
+    ppo.cfg.epochs, ppo.cfg.minibatch_size = 1, len(batch)
+    assert ppo.scores_before_update(len(batch))  # the critic's values feed GAE
+
+
 def test_bf16_precision_trains_on_cpu(tmp_path):
     """precision=bf16 (auto's choice on CUDA) through a real update: finite losses, parameters move."""
     cfg = make_config(dict(SMALL, env="TicTacToe-v0", episodes_per_update=32, num_envs=32, precision="bf16", device="cpu"))
