@@ -37,7 +37,7 @@ from rl_vf.algos import ppo
 from rl_vf.compare import jsonable, pyplot
 from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, Start
 from rl_vf.metrics_log import keep_rows_up_to
-from rl_vf.trainer import engine_for, explained_variance, score_batch
+from rl_vf.trainer import engine_for, eval_seeds, explained_variance, score_batch
 
 DIAG_SEED_OFFSET = 3 * 2**61  # held-out reset seeds: above training's, below evaluation's 2**62 + ...
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # of an episode's action tokens (failure AUROC)
@@ -340,7 +340,7 @@ class Report:
 
 
 def heldout_seeds(cfg) -> list[int]:
-    return [DIAG_SEED_OFFSET + cfg.seed * 7919 + i for i in range(cfg.diag_episodes)]
+    return eval_seeds(cfg.seed, cfg.diag_episodes, offset=DIAG_SEED_OFFSET)
 
 
 def diagnose(policy, tokenizer, make_env: Callable[[], gym.Env], cfg, generator: torch.Generator,

@@ -127,9 +127,10 @@ def engine_for(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, max
                          env_threads=cfg.env_threads, legal_only=cfg.constrain_actions == "legal", values=values)
 
 
-def eval_seeds(seed: int, episodes: int) -> list[int]:
-    """The reset seeds of an evaluation's episodes: fixed by ``seed``, disjoint from training's."""
-    return [EVAL_SEED_OFFSET + seed * 7919 + i for i in range(episodes)]
+def eval_seeds(seed: int, episodes: int, offset: int = EVAL_SEED_OFFSET) -> list[int]:
+    """The reset seeds of an evaluation's episodes: fixed by ``seed``, disjoint from training's (and,
+    with another ``offset``, from other held-out sets)."""
+    return [offset + seed * 7919 + i for i in range(episodes)]
 
 
 def evaluate(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, seed: int, greedy: bool,
