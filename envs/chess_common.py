@@ -6,6 +6,7 @@ The optional system components come from `make system-deps` (Debian packages `st
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -117,8 +118,11 @@ def material_balance(board: chess.Board, color: chess.Color) -> int:
 @functools.cache
 def open_gaviota(directory: str):
     """The Gaviota tables in `directory`, opened once per process and shared by every env
-    (probing is read-only). Raises OSError if the directory does not exist."""
-    return chess.gaviota.open_tablebase(directory)
+    (probing is read-only), and closed when the process exits. Raises OSError if the directory
+    does not exist."""
+    tablebase = chess.gaviota.open_tablebase(directory)
+    atexit.register(tablebase.close)
+    return tablebase
 
 
 def stockfish_available(path: str | None) -> bool:
