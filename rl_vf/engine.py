@@ -28,7 +28,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from rl_vf import llama
-from rl_vf.legal import Key, LegalActions, pack_keys
+from rl_vf.legal import Key, LegalActions, LegalDecode, pack_keys
 from rl_vf.policy import Policy, PolicyCache
 
 
@@ -211,7 +211,6 @@ class RolloutEngine:
         # Without values a separate critic is not run (Policy.new_cache); episodes' values are then 0.
         self.values = values
         self.legal = LegalActions(lambda text: list(self.encode(text)), self.stop) if legal_only else None
-        self._dense: dict[Key, torch.Tensor] = {}  # allowed set -> (V,) bool, on the device
 
     def close(self) -> None:
         for env in self.envs:
@@ -310,13 +309,11 @@ class RolloutEngine:
         live = torch.ones(len(logits), dtype=torch.bool, device=self.device)
         static = self._static_for(kv) if self.static_decode and self.max_action_tokens > 1 else None
         step_forward = static.step if static is not None else kv.step
-        steps_tok, steps_lp, steps_v, steps_live, steps_keys = [], [], [], [], []
-        nodes = [0] * len(logits) if tries else None
+        steps_tok, steps_lp, steps_v, steps_live = [], [], [], []
+        legal = LegalDecode(tries, self.stop) if tries else None
         for step in range(self.max_action_tokens):
-            if tries:
-                keys = [t.keys[n] if n is not None else None for t, n in zip(tries, nodes)]
-                logits = logits.masked_fill(~self._allowed(keys, logits.shape[-1]), float("-inf"))
-                steps_keys.append(keys)
+            if legal is not None:
+                logits = logits.masked_fill(~legal.allowed(step), float("-inf"))
             logp = torch.log_softmax(logits, dim=-1)
             if greedy:
                 tok = logp.argmax(-1)
@@ -328,8 +325,8 @@ class RolloutEngine:
             steps_v.append(values)
             steps_live.append(live)
             still = live & ~self.stop[tok]
-            if tries:
-                nodes = [t.next(n, k) if n is not None else None for t, n, k in zip(tries, nodes, tok.tolist())]
+            if legal is not None:
+                legal.advance(step, tok)
             if step == self.max_action_tokens - 1:
                 break
             if (step + 1) % self.sync_every == 0 and not bool(still.any()):
@@ -343,7 +340,8 @@ class RolloutEngine:
         gen_v = torch.stack(steps_v, 1).tolist()
         gen_n = torch.stack(steps_live, 1).sum(1).tolist()
         self.tokens_generated += sum(gen_n)
-        keys = [[step[b] for step in steps_keys[:k]] if tries else None for b, k in enumerate(gen_n)]
+        # The allowed set of each sampled token, for the loss: the tries say it on the host, once per action.
+        keys = [tries[b].keys_along(gen[b][:k]) if tries else None for b, k in enumerate(gen_n)]
         return [(gen[b][:k], gen_lp[b][:k], gen_v[b][:k], keys[b], int(u))
                 for b, (k, u) in enumerate(zip(gen_n, live.tolist()))]
 
@@ -359,15 +357,6 @@ class RolloutEngine:
         static = self._static[key]
         static.start(kv)
         return static
-
-    def _allowed(self, keys: list[Key | None], vocab: int) -> torch.Tensor:
-        """(R, V) bool: each row's allowed tokens (every token where its key is None)."""
-        for key in keys:
-            if key not in self._dense:
-                mask = torch.zeros(vocab, dtype=torch.bool) if key is not None else torch.ones(vocab, dtype=torch.bool)
-                mask[list(key or ())] = True
-                self._dense[key] = mask.to(self.device)
-        return torch.stack([self._dense[key] for key in keys])
 
 
 class _RowCache:

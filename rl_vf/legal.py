@@ -4,7 +4,8 @@ For an env whose ``legal_actions()`` lists every legal move (``TextEnv.legal_act
 ``constrain_actions: legal`` builds a prefix tree of the legal actions' tokens for each state. At each
 decode step only the tokens that stay in the tree are allowed; once an action is complete, so are the
 stop tokens. A from-scratch policy then never plays an illegal move, and a policy that has not yet
-learnt the notation (a chess move in UCI) still explores among real moves.
+learnt the notation (a chess move in UCI) still explores among real moves. The engine applies the
+same rule on the device (``LegalDecode``), so that decoding waits on no host walk per token.
 
 Each constrained action token keeps its allowed set (a sorted tuple of token ids, a *key*) with the
 episode, so that the training loss scores the same renormalised distribution the token was sampled
@@ -18,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 Key = tuple[int, ...]  # the token ids allowed at one decode step, sorted
+END, NOTHING = -1, -2  # ActionTrie.sequences: "the action is complete here", padding
 
 
 class ActionTrie:
@@ -36,6 +38,11 @@ class ActionTrie:
                 node = children[node][tok]
             complete[node] = True
         self.children = children
+        # The actions as rows of tokens, each ended by END and padded with NOTHING (LegalDecode).
+        width = 1 + max(map(len, actions), default=0)
+        self.sequences = torch.full((len(actions), width), NOTHING, dtype=torch.long)
+        for m, tokens in enumerate(actions):
+            self.sequences[m, : len(tokens) + 1] = torch.tensor([*tokens, END], dtype=torch.long)
         # One shared tuple per node, so episodes that store a key hold a reference, not a copy.
         self.keys: list[Key] = [tuple(sorted(set(kids) | (set(stop_ids) if done else set())))
                                 for kids, done in zip(children, complete)]
@@ -53,6 +60,39 @@ class ActionTrie:
             keys.append(self.keys[node])
             node = self.next(node, tok)
         return keys
+
+
+class LegalDecode:
+    """Legal-action decoding of a batch of rows with no host round trip per token (walking the tries
+    would read every sampled token on the host): each row's legal actions as token sequences on the
+    device, and which of them
+    still match the tokens sampled so far. Step ``s`` allows the ``s``-th tokens of the matching
+    sequences, and the stop tokens where one is complete; a row with none left (its action has
+    ended) allows everything (it decodes padding). The same masks as the tries' keys.
+    """
+
+    def __init__(self, tries: Sequence[ActionTrie], stop: torch.Tensor):
+        self.stop, self.vocab = stop, len(stop)
+        actions = max(len(t.sequences) for t in tries)
+        width = max(t.sequences.shape[1] for t in tries)
+        seqs = torch.full((len(tries), actions, width), NOTHING, dtype=torch.long)
+        for r, trie in enumerate(tries):
+            seqs[r, : len(trie.sequences), : trie.sequences.shape[1]] = trie.sequences
+        # As mask columns: tokens stay, END is column V, NOTHING column V + 1 (both cut from the mask).
+        self.seqs = seqs.masked_fill(seqs == END, self.vocab).masked_fill(seqs == NOTHING, self.vocab + 1).to(stop.device)
+        self.matching = self.seqs[:, :, 0] <= self.vocab  # not the padding of a shorter list
+
+    def allowed(self, step: int) -> torch.Tensor:
+        """(R, V) bool: the tokens each row may sample at decode step ``step``."""
+        column = self.seqs[:, :, min(step, self.seqs.shape[2] - 1)].masked_fill(~self.matching, self.vocab + 1)
+        mask = torch.zeros(len(column), self.vocab + 2, dtype=torch.bool, device=column.device)
+        mask.scatter_(1, column, True)
+        ended = ~self.matching.any(1, keepdim=True)
+        return mask[:, : self.vocab] | (mask[:, self.vocab : self.vocab + 1] & self.stop) | ended
+
+    def advance(self, step: int, tokens: torch.Tensor) -> None:
+        """Keep the sequences whose ``step``-th token is ``tokens`` (a stop token ends them all)."""
+        self.matching &= self.seqs[:, :, min(step, self.seqs.shape[2] - 1)] == tokens[:, None]
 
 
 class LegalActions:

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 from test_engine import CountingEnv, assert_matches_recompute, windowed
+from test_legal import WordsEnv
 
 from rl_vf.config import make_config
-from rl_vf.engine import RolloutEngine
+from rl_vf.engine import RolloutBatch, RolloutEngine
 from rl_vf.policy import Critic, TinyConfig, load_policy
 from rl_vf.trainer import Trainer
 
@@ -81,6 +82,19 @@ def test_cuda_sampling_is_seeded(cuda_policy):
 
     assert play(3) == play(3)
     assert play(3) != play(4)
+
+
+def test_legal_decoding_on_cuda_plays_only_legal_actions_and_scores_the_same_distribution(cuda_policy):
+    """Legal-action masks built on the device (no host walk per token), under CUDA graphs."""
+    policy, tok = cuda_policy
+    engine = RolloutEngine(policy, tok, WordsEnv, num_envs=7, max_action_tokens=4, device=CUDA, legal_only=True)
+    episodes = engine.collect(range(60), torch.Generator(device=CUDA).manual_seed(0))
+    assert not any(e.invalid for e in episodes)
+    batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id).to(CUDA)
+    with torch.no_grad():
+        scored = policy.score(batch.tokens, batch.attention_mask, legal=batch.legal(slice(None)))
+    m = batch.action_mask.bool()
+    torch.testing.assert_close(scored["logprobs"][m], batch.sample_logprobs[m], atol=1e-4, rtol=0)
 
 
 def test_training_on_cuda_defaults_to_bf16_and_learns_a_step(tmp_path):

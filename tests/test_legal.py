@@ -6,7 +6,7 @@ import torch
 from envs.base import TextEnv, text_space
 from rl_vf.config import ConfigError, make_config
 from rl_vf.engine import RolloutBatch, RolloutEngine, stop_token_mask
-from rl_vf.legal import ActionTrie, LegalActions, allowed_mask, pack_keys
+from rl_vf.legal import ActionTrie, LegalActions, LegalDecode, allowed_mask, pack_keys
 from rl_vf.policy import TinyConfig, load_policy
 from rl_vf.pretrain import demo_episode
 from rl_vf.trainer import Trainer, score_batch
@@ -28,6 +28,31 @@ def test_trie_allows_the_next_tokens_of_legal_actions_and_stop_after_complete_on
         trie.keys_along([1, 3])
     with pytest.raises(ValueError, match="leaves"):
         trie.keys_along([4, 8, 4])  # nothing may follow the stop token
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_device_masks_equal_the_tries_keys_along_any_walk(seed):
+    """LegalDecode (tensors, no host walk) allows what the tries allow at every step, for rows of
+    different action lists, and everything once a row's action has ended."""
+    rng = np.random.default_rng(seed)
+    vocab = 10
+    stop = torch.zeros(vocab, dtype=torch.bool)
+    stop[list(STOP)] = True
+    tries = []
+    for _ in range(6):  # actions of 1-4 tokens from 0-7; some are prefixes of others
+        actions = {tuple(rng.integers(0, 8, size=rng.integers(1, 5)).tolist()) for _ in range(rng.integers(1, 7))}
+        tries.append(ActionTrie(sorted(actions), STOP))
+    legal, nodes = LegalDecode(tries, stop), [0] * len(tries)
+    for step in range(6):
+        mask = legal.allowed(step)
+        tokens = []
+        for r, (trie, node) in enumerate(zip(tries, nodes)):
+            allowed = set(range(vocab)) if node is None else set(trie.keys[node])
+            assert set(mask[r].nonzero().flatten().tolist()) == allowed, (step, r)
+            tokens.append(int(rng.choice(sorted(allowed))))
+        legal.advance(step, torch.tensor(tokens))
+        nodes = [None if node is None else trie.next(node, tok) for trie, node, tok in zip(tries, nodes, tokens)]
+    assert all(node is None for node in nodes)  # every walk ended (a stop token) within 5 tokens
 
 
 def test_packed_keys_give_the_allowed_tokens_at_each_position_and_everything_elsewhere():
