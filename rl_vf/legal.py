@@ -65,10 +65,9 @@ class ActionTrie:
 class LegalDecode:
     """Legal-action decoding of a batch of rows with no host round trip per token (walking the tries
     would read every sampled token on the host): each row's legal actions as token sequences on the
-    device, and which of them
-    still match the tokens sampled so far. Step ``s`` allows the ``s``-th tokens of the matching
-    sequences, and the stop tokens where one is complete; a row with none left (its action has
-    ended) allows everything (it decodes padding). The same masks as the tries' keys.
+    device, and which of them still match the tokens sampled so far. Step ``s`` allows the ``s``-th
+    tokens of the matching sequences, and the stop tokens where one is complete; a row with none left
+    (its action has ended) allows everything (it decodes padding). The same masks as the tries' keys.
     """
 
     def __init__(self, tries: Sequence[ActionTrie], stop: torch.Tensor):
