@@ -39,22 +39,29 @@ def test_score_batch_matches_one_full_forward(tmp_path):
         assert torch.allclose(grouped[key][real], full[key][real], atol=1e-5), key
 
 
+def same_step_twice(t, batch, change) -> tuple[dict, dict]:
+    """``t.update(batch)`` twice from the same state, the second time after ``change()``; asserts that
+    both leave the same parameters and returns both steps' stats."""
+    state = copy.deepcopy((t.policy.state_dict(), t.optimizer.state_dict(), t.generator.get_state()))
+    first = t.update(batch).stats
+    after_first = copy.deepcopy(t.policy.state_dict())
+    t.policy.load_state_dict(state[0])
+    t.optimizer.load_state_dict(state[1])
+    t.generator.set_state(state[2])
+    change()
+    second = t.update(batch).stats
+    for name, value in t.policy.state_dict().items():
+        assert torch.allclose(value, after_first[name], atol=1e-6), name
+    return first, second
+
+
 def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
     for algo in ("ppo", "reinforce"):
         t, batch, _ = collected(tmp_path / algo, algo)
         t.cfg.epochs, t.cfg.minibatch_size = 1, len(batch)  # exactly one optimiser step
-        state = copy.deepcopy((t.policy.state_dict(), t.optimizer.state_dict(), t.generator.get_state()))
-        grouped = t.update(batch).stats
-        after_grouped = copy.deepcopy(t.policy.state_dict())
-
-        t.policy.load_state_dict(state[0])
-        t.optimizer.load_state_dict(state[1])
-        t.generator.set_state(state[2])
-        monkeypatch.setattr(trainer, "length_buckets", lambda lengths, idx: [idx])
-        padded = t.update(batch).stats
+        grouped, padded = same_step_twice(
+            t, batch, lambda: monkeypatch.setattr(trainer, "length_buckets", lambda lengths, idx: [idx]))
         monkeypatch.undo()
-        for name, value in t.policy.state_dict().items():
-            assert torch.allclose(value, after_grouped[name], atol=1e-6), (algo, name)
         for key in ("loss/pg", "loss/entropy", "ppo/approx_kl"):
             assert abs(grouped[key] - padded[key]) < 1e-5, (algo, key)
 
@@ -67,17 +74,8 @@ def test_one_step_update_without_critic_skips_scoring_and_steps_the_same(tmp_pat
     t.cfg.epochs = 2
     assert t.scores_before_update(len(batch))
     t.cfg.epochs = 1
-    state = copy.deepcopy((t.policy.state_dict(), t.optimizer.state_dict(), t.generator.get_state()))
-    reused = t.update(batch).stats
-    after_reused = copy.deepcopy(t.policy.state_dict())
-
-    t.policy.load_state_dict(state[0])
-    t.optimizer.load_state_dict(state[1])
-    t.generator.set_state(state[2])
-    monkeypatch.setattr(t, "scores_before_update", lambda batch_size: True)
-    scored = t.update(batch).stats
-    for name, value in t.policy.state_dict().items():
-        assert torch.allclose(value, after_reused[name], atol=1e-6), name
+    reused, scored = same_step_twice(
+        t, batch, lambda: monkeypatch.setattr(t, "scores_before_update", lambda batch_size: True))
     for key in ("loss/pg", "loss/entropy", "ppo/approx_kl", "ppo/clipfrac"):
         assert abs(reused[key] - scored[key]) < 1e-5, key
     ppo, _, _ = collected(tmp_path / "ppo", "ppo")
