@@ -206,14 +206,16 @@ class ChessEndgameEnv(TextEnv):
         self.observation_space, self.action_space = cc.spaces()
         self._piece = MATERIALS[material]
         self._board = chess.Board(None)
-        self._moves = 0
+        self._moves, self._potential = 0, 0.0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         fen = (options or {}).get("fen")
         self._board = self._random_position() if fen is None else self._position_from(fen)
         self._agent, self._moves = self._board.turn, 0
-        return self._observation(), self._info(ended=False)
+        info = self._info(ended=False)
+        self._potential = self._potential_of(ended=False, dtm=info.get("dtm", 0))
+        return self._observation(), info
 
     def step(self, action: str):
         if not isinstance(action, str):
@@ -222,9 +224,9 @@ class ChessEndgameEnv(TextEnv):
         move = cc.parse_move(board, action)
         if move is None:
             info = self._info(ended=True, invalid=True)
-            return self._observation(), -self.invalid_penalty - self._potential(ended=False), True, False, info
+            return self._observation(), -self.invalid_penalty - self._potential, True, False, info
         material_before = cc.material_balance(board, self._agent)
-        potential_before = self._potential(ended=False)
+        potential_before = self._potential
         board.push(move)
         self._moves += 1
         outcome = cc.game_outcome(board)
@@ -236,7 +238,8 @@ class ChessEndgameEnv(TextEnv):
         truncated = outcome is None and self._moves >= self.max_moves
         ended = outcome is not None or truncated
         info = self._info(ended)
-        shaping = self.material_reward * gained + self._potential(ended) - potential_before
+        self._potential = self._potential_of(ended, info.get("dtm", 0))
+        shaping = self.material_reward * gained + self._potential - potential_before
         reward = float(mated) + shaping
         return self._observation(), reward, outcome is not None, truncated, info
 
@@ -337,14 +340,15 @@ class ChessEndgameEnv(TextEnv):
             plies = -plies
         return max(0, (plies + 1) // 2)  # the agent mates on odd plies from its own turn
 
-    def _potential(self, ended: bool) -> float:
-        """The tablebase shaping's potential of the current position (0.0 when the shaping is off)."""
+    def _potential_of(self, ended: bool, dtm: int) -> float:
+        """The tablebase shaping's potential of the current position, whose distance to mate is ``dtm``
+        (0.0 when the shaping is off). Kept as ``self._potential`` from one step to the next, so each
+        position is probed once (by ``_info``)."""
         if not self.tablebase_reward:
             return 0.0
         if self._board.is_checkmate():
             return self.tablebase_reward
-        dtm = 0 if ended else self._dtm()
-        return self.tablebase_reward * (1 - dtm / (LONGEST_MATE[self.material] + 1)) if dtm else 0.0
+        return self.tablebase_reward * (1 - dtm / (LONGEST_MATE[self.material] + 1)) if dtm and not ended else 0.0
 
     def _info(self, ended: bool, invalid: bool = False) -> dict:
         mated = self._board.is_checkmate()

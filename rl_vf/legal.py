@@ -83,7 +83,7 @@ class LegalDecode:
 
     def allowed(self, step: int) -> torch.Tensor:
         """(R, V) bool: the tokens each row may sample at decode step ``step``."""
-        column = self.seqs[:, :, min(step, self.seqs.shape[2] - 1)].masked_fill(~self.matching, self.vocab + 1)
+        column = self._column(step).masked_fill(~self.matching, self.vocab + 1)
         mask = torch.zeros(len(column), self.vocab + 2, dtype=torch.bool, device=column.device)
         mask.scatter_(1, column, True)
         ended = ~self.matching.any(1, keepdim=True)
@@ -91,7 +91,11 @@ class LegalDecode:
 
     def advance(self, step: int, tokens: torch.Tensor) -> None:
         """Keep the sequences whose ``step``-th token is ``tokens`` (a stop token ends them all)."""
-        self.matching &= self.seqs[:, :, min(step, self.seqs.shape[2] - 1)] == tokens[:, None]
+        self.matching &= self._column(step) == tokens[:, None]
+
+    def _column(self, step: int) -> torch.Tensor:
+        """(R, M): the sequences' tokens at ``step`` (the last column past the longest: no live row is there)."""
+        return self.seqs[:, :, min(step, self.seqs.shape[2] - 1)]
 
 
 class LegalActions:

@@ -248,7 +248,9 @@ class Trainer:
         lengths = batch.attention_mask.sum(1)
         critic_only = self.update_idx < cfg.critic_warmup_updates  # a critic warm-up update (ppo only)
         with torch.no_grad():
-            old = score_batch(policy, batch, lengths, cfg.minibatch_size) if self.scores_before_update(len(batch)) else None
+            old = None
+            if self.scores_before_update(len(batch)):
+                old = score_batch(policy, batch, lengths, cfg.minibatch_size)
             ref = None
             if self.reference is not None and not critic_only:
                 ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"]
