@@ -21,7 +21,7 @@ from rl_vf.algos.losses import masked_mean
 from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.engine import Episode, RolloutBatch, stop_token_mask
 from rl_vf.legal import LegalActions
-from rl_vf.trainer import (clip_gradients, episode_metrics, evaluate, minibatch_parts, open_env, policy_for_env,
+from rl_vf.trainer import (adam, clip_gradients, episode_metrics, evaluate, minibatch_parts, open_env, policy_for_env,
                            resolve_device, write_config)
 
 
@@ -103,7 +103,7 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
     lengths = batch.attention_mask.sum(1)
     _, reward_to_go = gae(batch.rewards, torch.zeros_like(batch.rewards), batch.action_mask, gamma=cfg.gamma, lam=1.0)
 
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.warm_start_lr)
+    optimizer = adam(policy, cfg.warm_start_lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = -(-demos // cfg.minibatch_size)
     bar = tqdm(total=cfg.warm_start_epochs * steps_per_epoch, desc="pretrain", unit="step", mininterval=1.0)
