@@ -11,7 +11,9 @@ same character-level Llama. Every comparison uses one model, one batch and one s
 
 1. decode: tokens/s of ``RolloutEngine._decode`` (the engine's own per-token loop on its
    ``_RowCache``) at batch 1, 16, 64, 256, against this machine's fp32 matmul GFLOP/s measured in
-   the same run, as a % of the compute-bound limit (see ``flops_per_token``).
+   the same run, as a % of the compute-bound limit (see ``flops_per_token``); and against the
+   roofline of matmuls and memory traffic (see ``roofline_tok_s``), with the memory roof (read
+   GB/s) also measured in the same run.
 2. multiturn: episodes/s of ``RolloutEngine.collect`` (KV cache kept across turns) and of the
    naive loop (``naive_collect``: Hugging Face ``generate`` on each env's FULL transcript every
    turn, batched across envs with left padding, same stop tokens and action budget) on
@@ -30,8 +32,8 @@ same character-level Llama. Every comparison uses one model, one batch and one s
    of log(time) against log(turns): ~1 is linear (engine), ~2 quadratic (naive, re-reading the
    transcript every turn; less while fixed per-call costs dominate).
 4. trl: trl's GRPOTrainer against rl_vf's Trainer with REINFORCE and the "group" baseline (GRPO's
-   advantage) on Arithmetic-v0 (2-digit addition, one action), from the same saved model folder,
-   with the same prompts (the same reset seeds, in the same order), batch (prompts x
+   advantage) on Arithmetic-v0 (2-digit addition, one action), from the same saved model folder
+   (a warm start on worked examples, so that both have rewards to learn from), with the same prompts (the same reset seeds, in the same order), batch (prompts x
    generations), action budget, stop tokens (newline or EOS), learning rate, clip, grad-norm
    clip, one pass per batch, no KL, no entropy bonus, rewards scaled within the group, loss
    averaged over the batch's action tokens ("dapo"), fp32 on both sides. Samples/s are timed
@@ -62,6 +64,7 @@ import envs  # noqa: F401  (registers the ids)
 from rl_vf.config import TrainConfig
 from rl_vf.engine import RolloutBatch, RolloutEngine, _RowCache, stop_token_mask
 from rl_vf.policy import TinyConfig, load_policy
+from rl_vf.pretrain import pretrain
 from rl_vf.tokenizer import DEFAULT_CHARS, SPECIAL_TOKENS
 from rl_vf.trainer import Trainer, open_env, resolve_device
 
@@ -86,6 +89,7 @@ class Scale:
     """How much work each section does: the full run, or ``--quick`` (a smoke test)."""
 
     matmul_n: int = 2048
+    memory_mb: int = 512  # the buffer the memory roof reads: far larger than the caches
     decode_batches: tuple = (1, 16, 64, 256)
     decode_tokens: int = 64
     prompt_tokens: int = 16
@@ -96,17 +100,18 @@ class Scale:
     scaling_turn_budget: int = 1024  # turns played per point (episodes = this / turns, at least one per env)
     trl_prompts: int = 8
     trl_generations: int = 8
-    trl_steps: int = 12
-    trl_lr: float = 1e-3
+    trl_steps: int = 32
+    trl_lr: float = 3e-4  # Arithmetic-v0's RL default: 1e-3 undoes a warm start (README, Arithmetic results)
+    trl_demos: int = 2000  # the warm start both trainers begin from (Arithmetic-v0's default)
     update_episodes: tuple = (("tiny", 256), ("10m", 64))
     train_episodes: int = 2048  # the RSS run: two updates of the default 1024 episodes
     train_args: tuple = ()  # further `rl_vf train` flags for that run
 
 
 FULL = Scale()
-QUICK = Scale(matmul_n=512, decode_tokens=4, prompt_tokens=4, multiturn_envs=4,
+QUICK = Scale(matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, multiturn_envs=4,
               multiturn_episodes=(("tiny", 4), ("10m", 4)), scaling_envs=2, scaling_turn_budget=16,
-              trl_prompts=2, trl_generations=2, trl_steps=2, update_episodes=(("tiny", 8), ("10m", 4)),
+              trl_prompts=2, trl_generations=2, trl_steps=2, trl_demos=8, update_episodes=(("tiny", 8), ("10m", 4)),
               train_episodes=64,
               train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
                           "--eval-every", "0"))
@@ -175,6 +180,19 @@ def matmul_gflops(n: int, device: torch.device, reps: int = 5, tries: int = 3) -
     return 2 * n**3 * reps / seconds / 1e9
 
 
+def memory_gb_s(megabytes: int, device: torch.device, tries: int = 3) -> float:
+    """GB/s of reading (summing) a buffer far larger than the caches: the memory roof, the best of a
+    few tries, as the KV cache at batch 256 is read once per decoded token."""
+    x = torch.ones(megabytes * 2**20 // 4, device=device)
+    seconds = min(timed(lambda: x.sum(), device)[1] for _ in range(tries))
+    return x.numel() * 4 / seconds / 1e9
+
+
+def roofs(scale: Scale, device: torch.device) -> tuple[float, float]:
+    """(matmul GFLOP/s, memory GB/s) of this machine now."""
+    return matmul_gflops(scale.matmul_n, device), memory_gb_s(scale.memory_mb, device)
+
+
 def flops_per_token(policy, context: float) -> float:
     """Forward FLOPs for one token that attends to ``context`` cached tokens:
     2 x non-embedding params (one multiply-add per weight; value head included)
@@ -184,6 +202,26 @@ def flops_per_token(policy, context: float) -> float:
     emb, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
     non_embedding = param_count(policy) - emb.numel() - (0 if head is emb else head.numel())
     return 2 * non_embedding + 2 * head.numel() + 4 * lm.config.num_hidden_layers * context * lm.config.hidden_size
+
+
+def cache_bytes_per_token(policy, context: float) -> float:
+    """Bytes of cached keys and values that one decoded token's attention reads: every layer's
+    keys and values over ``context`` columns."""
+    config = policy.lm.config
+    kv_dim = config.num_key_value_heads * (getattr(config, "head_dim", None)
+                                           or config.hidden_size // config.num_attention_heads)
+    return 2 * config.num_hidden_layers * context * kv_dim * next(policy.parameters()).element_size()
+
+
+def roofline_tok_s(policy, context: float, batch: int, gflops: float, gb_s: float) -> float:
+    """The decode's ceiling on this machine, in tokens/s. Per step: the matmuls at the matmul roof
+    (or, when reading the weights once takes longer, at the memory roof), then attention reading
+    every row's cached keys and values at the memory roof: one after the other, as a CPU runs them
+    (a GPU overlaps kernels, so there it is a loose bound). Elementwise work counts as free."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in policy.parameters())
+    matmuls = max(batch * flops_per_token(policy, 0) / (gflops * 1e9), weight_bytes / (gb_s * 1e9))
+    attention = batch * cache_bytes_per_token(policy, context) / (gb_s * 1e9)
+    return batch / (matmuls + attention)
 
 
 def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.device,
@@ -205,8 +243,8 @@ def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.devi
 
 
 def bench_decode(scale: Scale, device: torch.device) -> dict:
-    log(f"decode: fp32 matmul {scale.matmul_n}^3 ...")
-    before = matmul_gflops(scale.matmul_n, device)
+    log(f"decode: fp32 matmul {scale.matmul_n}^3 and a {scale.memory_mb} MB read ...")
+    before = roofs(scale, device)
     figures = {}
     context = scale.prompt_tokens + scale.decode_tokens / 2  # mean cached length while decoding
     for size in SIZES:
@@ -220,25 +258,29 @@ def bench_decode(scale: Scale, device: torch.device) -> dict:
             if device.type == "cuda":  # the same decode without CUDA graphs (kernels launched one by one)
                 figures[f"decode_tok_s_b{batch}_{size}_no_graphs"] = decode_tok_s(
                     policy, tokenizer, batch, scale, device, static_decode=False)
-    # The roof is a peak: measured before and after the decodes, the higher counts (a shared
+    # A roof is a peak: measured before and after the decodes, the higher counts (a shared
     # machine's neighbours can halve one measurement).
-    log(f"decode: fp32 matmul {scale.matmul_n}^3 again ...")
-    gflops = figures["matmul_gflops"] = max(before, matmul_gflops(scale.matmul_n, device))
+    log("decode: the roofs again ...")
+    gflops, gb_s = (max(pair) for pair in zip(before, roofs(scale, device)))
+    figures["matmul_gflops"], figures["memory_gb_s"] = gflops, gb_s
     rows = []
     for size in SIZES:
+        policy, _ = build(size, device)
         for batch in scale.decode_batches:
             tok_s = figures[f"decode_tok_s_b{batch}_{size}"]
             pct = 100 * tok_s * figures[f"flops_per_token_{size}"] / (gflops * 1e9)
             figures[f"decode_pct_of_matmul_b{batch}_{size}"] = pct
-            row = [size, f"{figures[f'params_{size}']:,}", batch, tok_s, f"{pct:.2f}%"]
+            roofline = 100 * tok_s / roofline_tok_s(policy, context, batch, gflops, gb_s)
+            figures[f"decode_pct_of_roofline_b{batch}_{size}"] = roofline
+            row = [size, f"{figures[f'params_{size}']:,}", batch, tok_s, f"{pct:.2f}%", f"{roofline:.1f}%"]
             if device.type == "cuda":
                 eager = figures[f"decode_tok_s_b{batch}_{size}_no_graphs"]
                 row += [eager, f"{tok_s / eager:.2f}x"]
             rows.append(row)
     graph_columns = ["tokens/s without CUDA graphs", "graphs / without"] if device.type == "cuda" else []
     table(f"1. Engine decode ({scale.decode_tokens} tokens after a {scale.prompt_tokens}-token prompt; "
-          f"fp32 matmul {gflops:.1f} GFLOP/s on {torch.get_num_threads()} threads)",
-          ["model", "params", "batch", "tokens/s", "% of matmul roof", *graph_columns], rows)
+          f"fp32 matmul {gflops:.1f} GFLOP/s and memory {gb_s:.1f} GB/s on {torch.get_num_threads()} threads)",
+          ["model", "params", "batch", "tokens/s", "% of matmul roof", "% of roofline", *graph_columns], rows)
     return figures
 
 
@@ -379,13 +421,20 @@ def bench_scaling(scale: Scale, device: torch.device) -> dict:
 
 
 # ---- 4. end to end against TRL -----------------------------------------------------------------
-def save_arithmetic_model(folder: str) -> str:
-    """The tiny model with Arithmetic-v0's alphabet, saved for both trainers to load. Its generation
-    config lists every stop token, so TRL's generate stops (and masks) at a newline like the engine."""
-    policy, tokenizer = build("tiny", torch.device("cpu"), alphabet=open_env("Arithmetic-v0", ARITHMETIC).alphabet)
+def save_arithmetic_model(folder: str, scale: Scale, device: torch.device, threads: int) -> str:
+    """The tiny model warm-started on ``scale.trl_demos`` worked Arithmetic-v0 examples (``rl_vf
+    pretrain``: it then solves about a quarter of the problems it samples, so the learning curves
+    start above zero), saved for both trainers to load. Its generation config lists every stop
+    token, so TRL's generate stops (and masks) at a newline like the engine."""
+    cfg = TrainConfig(env="Arithmetic-v0", env_kwargs=ARITHMETIC, warm_start_demos=scale.trl_demos, device=device.type,
+                      threads=threads, final_eval_episodes=scale.trl_prompts).validate()
+    warm = os.path.join(folder, "warm_start")
+    pretrain(cfg, warm)
+    policy, tokenizer = load_policy(os.path.join(warm, "checkpoints", "final"))
     policy.lm.generation_config.eos_token_id = stop_ids(tokenizer)
-    policy.save_pretrained(folder, tokenizer)
-    return folder
+    model = os.path.join(folder, "model")
+    policy.save_pretrained(model, tokenizer)
+    return model
 
 
 def run_rl_vf(model_dir: str, scale: Scale, device: torch.device, threads: int, run_dir: str):
@@ -463,7 +512,8 @@ def run_trl(model_dir: str, scale: Scale, device: torch.device, seeds: list[int]
 def bench_trl(scale: Scale, device: torch.device, threads: int) -> dict:
     batch = scale.trl_prompts * scale.trl_generations
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_arithmetic_model(os.path.join(tmp, "model"))
+        log(f"trl: the warm start both begin from ({scale.trl_demos} worked examples) ...")
+        model_dir = save_arithmetic_model(tmp, scale, device, threads)
         log(f"trl: rl_vf REINFORCE/group, {scale.trl_steps} steps of {batch} samples ...")
         rl_ends, rl_success, seeds = run_rl_vf(model_dir, scale, device, threads, os.path.join(tmp, "rl_vf"))
         log(f"trl: trl GRPOTrainer, {scale.trl_steps} steps of {batch} samples ...")
@@ -473,10 +523,14 @@ def bench_trl(scale: Scale, device: torch.device, threads: int) -> dict:
     figures = {"trl_grpo_samples_s": rate["trl"], "rl_vf_reinforce_group_samples_s": rate["rl_vf"],
                "rl_vf_over_trl": rate["rl_vf"] / rate["trl"],
                "trl_grpo_success_curve": trl_success, "rl_vf_reinforce_group_success_curve": rl_success}
+    span = max(1, scale.trl_steps // 4)  # the table shows the curves as means over spans of steps
+
+    def curve(success: list[float]) -> str:
+        return " ".join(f"{np.mean(success[i:i + span]):.2f}" for i in range(0, len(success), span))
+
     table(f"4. End to end on Arithmetic-v0 (2-digit addition): {scale.trl_prompts} prompts x {scale.trl_generations} "
-          f"generations per step, {scale.trl_steps} steps", ["trainer", "samples/s", "success rate per step"],
-          [["trl GRPOTrainer", rate["trl"], " ".join(f"{s:.2f}" for s in trl_success)],
-           ["rl_vf reinforce/group", rate["rl_vf"], " ".join(f"{s:.2f}" for s in rl_success)],
+          f"generations per step, {scale.trl_steps} steps", ["trainer", "samples/s", f"success rate per {span} steps"],
+          [["trl GRPOTrainer", rate["trl"], curve(trl_success)], ["rl_vf reinforce/group", rate["rl_vf"], curve(rl_success)],
            ["rl_vf / trl", f"{rate['rl_vf'] / rate['trl']:.2f}x", ""]])
     return figures
 
