@@ -509,7 +509,5 @@ def _compact(attn: torch.Tensor, cache: PolicyCache) -> tuple[torch.Tensor, Poli
         return attn, cache
     order = torch.argsort((~attn).to(torch.int8), dim=1, stable=True)[:, :keep]
     for layer in cache.layers:
-        idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-        layer.keys = layer.keys.gather(2, idx)
-        layer.values = layer.values.gather(2, idx)
+        layer.keep_columns(order)
     return attn.gather(1, order), cache

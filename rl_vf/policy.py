@@ -125,6 +125,20 @@ class GrowingLayer(DynamicLayer):
             self.keys, self.values = (buffer[:, :, :n] for buffer in self.buffers)
         return self.buffers
 
+    def keep_columns(self, order: torch.Tensor) -> None:
+        """Keep each row's columns ``order`` (B, keep), in that order, as the first ``keep`` columns.
+        They move within the buffers, which stay: a new one would be zero-filled and copied into
+        at the next append (7% of an engine's TicTacToe collect, which compacts every few turns).
+        The stale columns behind them hold finite old keys: masked, they weigh 0 like zeros."""
+        keep = order.shape[1]
+        index = order[:, None, :, None].expand(-1, self.keys.shape[1], -1, self.keys.shape[-1])
+        keys, values = self.keys.gather(2, index), self.values.gather(2, index)
+        if self._appendable(keep):
+            self.buffers[0][:, :, :keep] = keys
+            self.buffers[1][:, :, :keep] = values
+            keys, values = self.buffers[0][:, :, :keep], self.buffers[1][:, :, :keep]
+        self.keys, self.values = keys, values
+
     def _grow(self, n: int, end: int, like_keys: torch.Tensor, like_values: torch.Tensor) -> None:
         capacity = max(2 * end, end + self.headroom, 64)
         self.buffers = (self._moved(self.keys, like_keys, n, capacity),

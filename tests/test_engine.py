@@ -234,6 +234,27 @@ def test_growing_cache_layer_appends_in_place_and_matches_concatenation():
     assert k.shape == (2, 2, 12 + 70, 3) and torch.equal(k, k_ref) and torch.equal(v, v_ref)
 
 
+def test_growing_cache_keeps_columns_within_its_buffers():
+    """Compaction moves each row's kept columns to the front of the same buffers, in the given
+    order, and the appends after it stay in them."""
+    from rl_vf.policy import GrowingLayer
+
+    torch.manual_seed(0)
+    layer = GrowingLayer()
+    keys, values = torch.randn(3, 2, 10, 4), torch.randn(3, 2, 10, 4)
+    layer.update(keys, values)
+    buffer = layer.buffers[0].data_ptr()
+    order = torch.tensor([[1, 4, 9], [0, 2, 3], [7, 8, 9]])  # a different set of columns per row
+    layer.keep_columns(order)
+    for row, columns in enumerate(order):
+        assert torch.equal(layer.keys[row], keys[row][:, columns])
+        assert torch.equal(layer.values[row], values[row][:, columns])
+    new = torch.randn(3, 2, 1, 4)
+    k, _ = layer.update(new, new)
+    assert k.shape == (3, 2, 4, 4) and torch.equal(k[:, :, 3:], new)
+    assert layer.buffers[0].data_ptr() == buffer
+
+
 def test_growing_cache_headroom_keeps_a_whole_action_in_one_buffer():
     from rl_vf.policy import growing_cache
 
