@@ -33,12 +33,13 @@ same character-level Llama. Every comparison uses one model, one batch and one s
    transcript every turn; less while fixed per-call costs dominate).
 4. trl: trl's GRPOTrainer against rl_vf's Trainer with REINFORCE and the "group" baseline (GRPO's
    advantage) on Arithmetic-v0 (2-digit addition, one action), from the same saved model folder
-   (a warm start on worked examples, so that both have rewards to learn from), with the same prompts (the same reset seeds, in the same order), batch (prompts x
-   generations), action budget, stop tokens (newline or EOS), learning rate, clip, grad-norm
-   clip, one pass per batch, no KL, no entropy bonus, rewards scaled within the group, loss
-   averaged over the batch's action tokens ("dapo"), fp32 on both sides. Samples/s are timed
-   between the end of the first step and the end of the last (set-up and warm-up excluded);
-   the learning curves (success rate per step) show both are solving the same problem.
+   (a warm start on worked examples, so that both have rewards to learn from), with the same
+   prompts (the same reset seeds, in the same order), batch (prompts x generations), action
+   budget, stop tokens (newline or EOS), learning rate, clip, grad-norm clip, one pass per batch,
+   no KL, no entropy bonus, rewards scaled within the group, loss averaged over the batch's action
+   tokens ("dapo"), fp32 on both sides. Samples/s are timed between the end of the first step
+   and the end of the last (set-up and warm-up excluded); the learning curves (success rate per
+   step) show both are solving the same problem.
 5. update: trained tokens/s of ``Trainer.update`` (PPO with a value head, and REINFORCE) on one
    collected TicTacToe batch (played through ``LegalFallback`` so its games are full length), and
    the peak RSS of a short default ``python -m rl_vf train`` run in a subprocess.
@@ -151,9 +152,9 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
     sys.stdout.flush()
 
 
-def build(size: str, device: torch.device, alphabet: str = DEFAULT_CHARS):
+def build(size: str, device: torch.device):
     """The untrained tiny-Llama policy of ``size`` (seed 0) and its tokenizer, on ``device``."""
-    policy, tokenizer = load_policy("tiny", seed=0, tiny=SIZES[size], alphabet=alphabet)
+    policy, tokenizer = load_policy("tiny", seed=0, tiny=SIZES[size], alphabet=DEFAULT_CHARS)
     return policy.to(device).eval(), tokenizer
 
 
@@ -423,8 +424,8 @@ def bench_scaling(scale: Scale, device: torch.device) -> dict:
 # ---- 4. end to end against TRL -----------------------------------------------------------------
 def save_arithmetic_model(folder: str, scale: Scale, device: torch.device, threads: int) -> str:
     """The tiny model warm-started on ``scale.trl_demos`` worked Arithmetic-v0 examples (``rl_vf
-    pretrain``: it then solves about a quarter of the problems it samples, so the learning curves
-    start above zero), saved for both trainers to load. Its generation config lists every stop
+    pretrain``: it then solves a quarter to a third of the problems it samples, so the learning
+    curves start above zero), saved for both trainers to load. Its generation config lists every stop
     token, so TRL's generate stops (and masks) at a newline like the engine."""
     cfg = TrainConfig(env="Arithmetic-v0", env_kwargs=ARITHMETIC, warm_start_demos=scale.trl_demos, device=device.type,
                       threads=threads, final_eval_episodes=scale.trl_prompts).validate()
@@ -530,7 +531,8 @@ def bench_trl(scale: Scale, device: torch.device, threads: int) -> dict:
 
     table(f"4. End to end on Arithmetic-v0 (2-digit addition): {scale.trl_prompts} prompts x {scale.trl_generations} "
           f"generations per step, {scale.trl_steps} steps", ["trainer", "samples/s", f"success rate per {span} steps"],
-          [["trl GRPOTrainer", rate["trl"], curve(trl_success)], ["rl_vf reinforce/group", rate["rl_vf"], curve(rl_success)],
+          [["trl GRPOTrainer", rate["trl"], curve(trl_success)],
+           ["rl_vf reinforce/group", rate["rl_vf"], curve(rl_success)],
            ["rl_vf / trl", f"{rate['rl_vf'] / rate['trl']:.2f}x", ""]])
     return figures
 
