@@ -214,7 +214,7 @@ class ChessEndgameEnv(TextEnv):
         self._board = self._random_position() if fen is None else self._position_from(fen)
         self._agent, self._moves = self._board.turn, 0
         info = self._info(ended=False)
-        self._potential = self._potential_of(ended=False, dtm=info.get("dtm", 0))
+        self._potential = self._potential_of(info, ended=False)
         return self._observation(), info
 
     def step(self, action: str):
@@ -225,7 +225,7 @@ class ChessEndgameEnv(TextEnv):
         if move is None:
             info = self._info(ended=True, invalid=True)
             return self._observation(), -self.invalid_penalty - self._potential, True, False, info
-        material_before = cc.material_balance(board, self._agent)
+        material_before = self._material()
         potential_before = self._potential
         board.push(move)
         self._moves += 1
@@ -234,11 +234,11 @@ class ChessEndgameEnv(TextEnv):
             board.push(self._defender_move())
             outcome = cc.game_outcome(board)  # a lone king never mates: a draw at worst
         mated = outcome is not None and outcome.winner is not None
-        gained = cc.material_balance(board, self._agent) - material_before
+        gained = self._material() - material_before
         truncated = outcome is None and self._moves >= self.max_moves
         ended = outcome is not None or truncated
         info = self._info(ended)
-        self._potential = self._potential_of(ended, info.get("dtm", 0))
+        self._potential = self._potential_of(info, ended)
         shaping = self.material_reward * gained + self._potential - potential_before
         reward = float(mated) + shaping
         return self._observation(), reward, outcome is not None, truncated, info
@@ -340,14 +340,19 @@ class ChessEndgameEnv(TextEnv):
             plies = -plies
         return max(0, (plies + 1) // 2)  # the agent mates on odd plies from its own turn
 
-    def _potential_of(self, ended: bool, dtm: int) -> float:
-        """The tablebase shaping's potential of the current position, whose distance to mate is ``dtm``
-        (0.0 when the shaping is off). Kept as ``self._potential`` from one step to the next, so each
-        position is probed once (by ``_info``)."""
+    def _material(self) -> int:
+        """The agent's material balance, for the material shaping (0, uncomputed, when that is off)."""
+        return cc.material_balance(self._board, self._agent) if self.material_reward else 0
+
+    def _potential_of(self, info: dict, ended: bool) -> float:
+        """The tablebase shaping's potential of the current position, from its ``_info`` (mate, and
+        the distance to it); 0.0 when the shaping is off. Kept as ``self._potential`` from one step
+        to the next, so each position is probed once (by ``_info``)."""
         if not self.tablebase_reward:
             return 0.0
-        if self._board.is_checkmate():
+        if info["success"]:
             return self.tablebase_reward
+        dtm = info.get("dtm", 0)
         return self.tablebase_reward * (1 - dtm / (LONGEST_MATE[self.material] + 1)) if dtm and not ended else 0.0
 
     def _info(self, ended: bool, invalid: bool = False) -> dict:

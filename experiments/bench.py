@@ -246,10 +246,10 @@ def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.devi
 def bench_decode(scale: Scale, device: torch.device) -> dict:
     log(f"decode: fp32 matmul {scale.matmul_n}^3 and a {scale.memory_mb} MB read ...")
     before = roofs(scale, device)
-    figures = {}
+    figures, policies = {}, {}
     context = scale.prompt_tokens + scale.decode_tokens / 2  # mean cached length while decoding
     for size in SIZES:
-        policy, tokenizer = build(size, device)
+        policy, tokenizer = policies[size] = build(size, device)
         figures[f"params_{size}"] = param_count(policy)
         figures[f"flops_per_token_{size}"] = flops_per_token(policy, context)
         decode_tok_s(policy, tokenizer, 16, replace(scale, decode_tokens=2), device)  # warm-up
@@ -265,8 +265,7 @@ def bench_decode(scale: Scale, device: torch.device) -> dict:
     gflops, gb_s = (max(pair) for pair in zip(before, roofs(scale, device)))
     figures["matmul_gflops"], figures["memory_gb_s"] = gflops, gb_s
     rows = []
-    for size in SIZES:
-        policy, _ = build(size, device)
+    for size, (policy, _) in policies.items():
         for batch in scale.decode_batches:
             tok_s = figures[f"decode_tok_s_b{batch}_{size}"]
             pct = 100 * tok_s * figures[f"flops_per_token_{size}"] / (gflops * 1e9)
