@@ -67,7 +67,8 @@ from rl_vf.engine import RolloutBatch, RolloutEngine, _RowCache, stop_token_mask
 from rl_vf.policy import TinyConfig, load_policy
 from rl_vf.pretrain import pretrain
 from rl_vf.tokenizer import DEFAULT_CHARS, SPECIAL_TOKENS
-from rl_vf.trainer import Trainer, open_env, resolve_device
+from rl_vf.actor import open_env, resolve_device
+from rl_vf.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {
@@ -549,7 +550,7 @@ def update_tok_s(size: str, episodes: int, device: torch.device, threads: int, r
         if batch is None:
             engine = RolloutEngine(trainer.policy, trainer.tokenizer, tictactoe, episodes, trainer.max_action_tokens,
                                    device)
-            played = engine.collect(trainer.episode_seeds(), torch.Generator(device=device).manual_seed(0))
+            played = engine.collect(trainer.actor.episode_seeds(trainer.update_idx), torch.Generator(device=device).manual_seed(0))
             batch = RolloutBatch.from_episodes(played, trainer.tokenizer.pad_token_id).to(device)
         trainer.policy.train()
         result, seconds = timed(lambda: trainer.update(batch), device)

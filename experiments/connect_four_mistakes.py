@@ -13,7 +13,7 @@ from collections import Counter
 
 from envs.connect_four import AGENT, EMPTY, OPPONENT, Game
 from greedy_games import greedy_games, parse_args
-from rl_vf.trainer import transcript
+from rl_vf.actor import transcript
 
 
 def board_from_observation(observation: str, g: Game) -> str:

@@ -27,7 +27,7 @@ from rl_vf.algos.losses import masked_mean
 from rl_vf.config import TrainConfig
 from rl_vf.engine import Episode, RolloutBatch
 from rl_vf.pretrain import demo_episode, stop_token
-from rl_vf.trainer import open_env, policy_for_env
+from rl_vf.actor import open_env, policy_for_env
 
 VARIANTS = ("full", "window", "latest")
 

@@ -13,7 +13,7 @@ import numpy as np
 
 import envs  # noqa: F401  (registers the ids)
 from rl_vf.stats import wilson_interval
-from rl_vf.trainer import eval_seeds
+from rl_vf.actor import eval_seeds
 
 
 def random_legal_success(env_id: str, env_kwargs: dict, episodes: int, seed: int) -> list[bool]:

@@ -53,12 +53,16 @@ def gae(
     return advantages, returns
 
 
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B, T) Monte-Carlo return from each action token on, discounted once per turn (no bootstrap)."""
+    return gae(rewards, torch.zeros_like(rewards, dtype=torch.float32), mask, gamma=gamma, lam=1.0)[1]
+
+
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
     """Each episode's return from its first turn, the reward of turn k discounted by ``gamma ** k``
     (shape (B,)); with gamma 1 the sum of its rewards."""
-    _, returns = gae(rewards, torch.zeros_like(rewards, dtype=torch.float32), mask, gamma=gamma, lam=1.0)
     first_action = mask.to(torch.int8).argmax(1, keepdim=True)
-    return returns.gather(1, first_action).squeeze(1)
+    return returns_to_go(rewards, mask, gamma).gather(1, first_action).squeeze(1)
 
 
 def episode_baseline(

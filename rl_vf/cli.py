@@ -9,15 +9,11 @@ import time
 from typing import NamedTuple
 
 from rl_vf import compare
-from rl_vf.config import ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, load_yaml, make_config
+from rl_vf.config import ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, flag, load_yaml, make_config
 
 DEFAULTS = TrainConfig()
 # Flags the issue names first in --help; every other config field follows.
 MAIN_FLAGS = ("env", "algo", "seed", "total_episodes", "out", "model", "wandb")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def train_parser(sub) -> None:
@@ -154,7 +150,8 @@ RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "critic", "hidden_size", "l
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rl_vf.metrics_log import MetricsLog
-    from rl_vf.trainer import Trainer, TrainingDiverged, write_config
+    from rl_vf.config import write_config
+    from rl_vf.trainer import Trainer, TrainingDiverged
 
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
     file_layer = load_yaml(args.config) if args.config else {}
@@ -196,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 1
     finally:
         log.close()
-        trainer.engine.close()
+        trainer.close()
     keys = ("eval/success_rate", "eval/return_mean", "eval/invalid_action_rate")
     print(f"run folder: {run_dir}")
     print("final eval over {} episodes: {}".format(
@@ -209,7 +206,7 @@ class Checkpoint(NamedTuple):
     run: TrainConfig  # the config of the run it came from (defaults if there is none)
     env: str
     env_kwargs: dict
-    env_info: object  # trainer.EnvInfo
+    env_info: object  # actor.EnvInfo
     policy: object
     tokenizer: object
     device: object
@@ -220,7 +217,7 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
     """The policy of ``--checkpoint`` (a checkpoint or run folder) on ``--device``, for ``--env`` and
     ``--env-kwargs``; the run's config.yaml gives the defaults (its evaluation env's kwargs), also of
     ``--max-action-tokens``."""
-    from rl_vf.trainer import open_env, policy_for_env, resolve_device
+    from rl_vf.actor import open_env, policy_for_env, resolve_device
 
     path = args.checkpoint
     if os.path.isdir(os.path.join(path, "checkpoints", "final")):
@@ -240,7 +237,7 @@ def open_checkpoint(args: argparse.Namespace) -> Checkpoint:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rl_vf.trainer import success_ci
+    from rl_vf.actor import success_ci
 
     if args.episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
@@ -262,7 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def play(c: Checkpoint, args: argparse.Namespace, greedy: bool):
-    from rl_vf.trainer import evaluate
+    from rl_vf.actor import evaluate
 
     return evaluate(c.policy, c.tokenizer, c.env_info.make, c.run, args.episodes, args.seed, greedy,
                     c.max_action_tokens, c.device)
@@ -294,7 +291,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     overrides = {"diag_episodes": args.episodes, "diag_states": args.states, "diag_rollouts": args.rollouts,
                  "diag_actions": args.actions}
     cfg = dataclasses.replace(c.run, seed=args.seed, **{k: v for k, v in overrides.items() if v is not None}).validate()
-    if not ALGOS[cfg.algo].USES_CRITIC:
+    if not ALGOS[cfg.algo].uses_critic:
         print(f"note: this policy was trained with {cfg.algo}, which does not train the value head", file=sys.stderr)
     report = diagnostics.diagnose(c.policy, c.tokenizer, c.env_info.make, cfg, torch.Generator(device=c.device).manual_seed(args.seed),
                                   c.max_action_tokens, c.device)

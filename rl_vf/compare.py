@@ -9,9 +9,10 @@ Definitions the reports use (each report repeats them):
   ``reinforce:rloo`` and ``reinforce:group`` get ``group_size=4`` unless the variant or ``--set``
   gives one.
 - The smoothed train curve of a run is the running mean of the train metric (``train/success_rate``
-  for ``--metric eval/success_rate``) over ``SMOOTH`` consecutive updates, defined from the
-  ``SMOOTH``-th update on (a run with fewer updates has one point, the mean of all of them), so one
-  lucky batch never counts. A run's final train score is the last point of that curve.
+  for ``--metric eval/success_rate`` and for ``eval/success_rate_sampled``) over ``SMOOTH``
+  consecutive updates, defined from the ``SMOOTH``-th update on (a run with fewer updates has one
+  point, the mean of all of them), so one lucky batch never counts. A run's final train score is the
+  last point of that curve.
 - The threshold is ``--threshold`` (a fraction, default 0.8) times the best variant's IQM over
   seeds of the final train score. A run reaches it at the first update whose smoothed value is
   >= the threshold (the episodes and generated tokens done by then); a run that never does is
@@ -20,12 +21,15 @@ Definitions the reports use (each report repeats them):
   smoothed train curve is interpolated at B and the IQM over seeds is reported per variant.
 - Suite scores are normalised to [0, 1] per task: success rates already are; any other metric is
   min-max scaled over all the task's runs, all variants together.
+- The final metric is saturated when every finished run of every variant scores at its ceiling:
+  >= ``SATURATED`` (0.99) for a success rate (``RATES``); other metrics have no known ceiling and
+  are never called saturated. The report then says that the metric cannot separate the variants and
+  points at sample efficiency and at ``eval/success_rate_sampled`` (the success rate of the sampled
+  policy, which summary.json records beside the greedy ``eval/success_rate``).
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import json
 import math
 import os
@@ -45,10 +49,17 @@ from tqdm import tqdm
 from rl_vf import stats
 from rl_vf.advantages import BASELINES
 from rl_vf.algos import ALGOS
-from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, make_config, unknown_key
+from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, flag, make_config, unknown_key
 from rl_vf.metrics_log import log_report
+from rl_vf.report import ci, num, plot_curves, plot_intervals, plot_profiles, write_outputs
 
-METRICS = ("eval/success_rate", "eval/return_mean")  # higher is better; summary.json has both
+# Final metrics from summary.json, higher is better; eval/success_rate_sampled is in the summaries of
+# trainers that record the sampled policy's success beside the greedy one.
+METRICS = ("eval/success_rate", "eval/return_mean", "eval/success_rate_sampled")
+TRAIN_METRICS = {"eval/success_rate": "train/success_rate", "eval/return_mean": "train/return_mean",
+                 "eval/success_rate_sampled": "train/success_rate"}  # each one's learning curve
+RATES = ("eval/success_rate", "eval/success_rate_sampled")  # in [0, 1], ceiling 1
+SATURATED = 0.99  # a rate at or above this is at its ceiling
 X_AXES = {"train/episodes": "episodes", "train/env_steps": "env steps",
           "perf/generated_tokens": "generated tokens", "perf/wall_s": "wall time (s)"}
 COMPUTE_KEYS = {"train/episodes": "episodes", "train/env_steps": "env steps",
@@ -152,7 +163,7 @@ def make_comparison(out: str, env: str, env_kwargs, variants: list[str], seeds: 
                     sets: dict | None = None, metric: str = "eval/success_rate", threshold: float = 0.8,
                     wandb: str = "offline") -> Comparison:
     """A checked comparison: every run's config is built (and validated) before anything runs."""
-    from rl_vf.trainer import open_env  # imports torch; only needed here
+    from rl_vf.actor import open_env  # imports torch; only needed here
 
     if seeds < 1:
         raise ConfigError(f"seeds must be >= 1, got {seeds}")
@@ -196,8 +207,6 @@ def resumable(run_dir: str) -> bool:
 
 
 def train_command(config: dict, resume: str | None) -> list[str]:
-    from rl_vf.cli import flag  # rl_vf.cli imports this module
-
     flags = [a for key, value in config.items()
              for a in (flag(key), json.dumps(value) if isinstance(value, dict) else str(value))]
     return [sys.executable, "-m", "rl_vf", "train", *(["--resume", resume] if resume else []), *flags]
@@ -242,8 +251,9 @@ def run_all(comp: Comparison, jobs: int) -> list[str]:
             run_dir = comp.run_dir(v, s)
             if code == 0 and finished(run_dir):
                 with open(os.path.join(run_dir, "summary.json")) as f:
-                    score = json.load(f)[comp.metric]
-                bar.write(f"{v.name} s{s}: done in {seconds / 60:.1f} min, {comp.metric}={score:.3f}")
+                    score = json.load(f).get(comp.metric)
+                shown = "not in summary.json" if score is None else f"{score:.3f}"
+                bar.write(f"{v.name} s{s}: done in {seconds / 60:.1f} min, {comp.metric}={shown}")
             else:
                 failed.append(f"{v.name} s{s}")
                 bar.write(f"{v.name} s{s}: FAILED (exit {code}); end of {os.path.join(run_dir, LOG)}:\n"
@@ -377,11 +387,16 @@ def verdict(x: str, y: str, poi: tuple, ratio: dict | None = None, level: float 
     return line + f"; no clear difference in episodes to reach {level:.2f} ({y}/{x} {r:.2f} [{rlo:.2f}, {rhi:.2f}])"
 
 
+def saturated(scores: dict[str, np.ndarray], metric: str) -> bool:
+    """Every run of every variant at the metric's ceiling (a rate >= SATURATED): it cannot separate them."""
+    return metric in RATES and all(len(x) and np.all(x >= SATURATED) for x in scores.values())
+
+
 def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int = 0) -> dict:
     """Every number of a comparison report, from its finished runs."""
     done = {v: [r for r in rs if r.summary is not None] for v, rs in runs.items()}
     done = {v: rs for v, rs in done.items() if rs}
-    train_key = "train/" + metric.split("/", 1)[1]
+    train_key = TRAIN_METRICS.get(metric, "train/" + metric.split("/", 1)[1])
     results = {
         "metric": metric, "train_metric": train_key,
         "seeds": {v: [r.seed for r in rs if r.summary is not None] for v, rs in runs.items()},
@@ -389,7 +404,12 @@ def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int 
     }
     if not done:
         return {**results, "verdict": []}
+    lacking = [f"{v} s{r.seed}" for v, rs in done.items() for r in rs if metric not in r.summary]
+    if lacking:
+        raise ConfigError(f"{metric} is not in the summary.json of {', '.join(lacking)} (written by a trainer that "
+                          f"does not record it); choose another --metric: {', '.join(METRICS)}")
     scores = {v: np.array([r.summary[metric] for r in rs]) for v, rs in done.items()}
+    results["saturated"] = saturated(scores, metric)
     results["final"] = {v: stats.aggregate(x, REPS, ALPHA, seed) for v, x in scores.items()}
     results["scores"] = scores
     results["improvement"] = improvement(scores, seed)
@@ -402,146 +422,6 @@ def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int 
     results["verdict"] = [verdict(ref, v, poi[ref, v], eff["ratios"]["train/episodes"][v], eff["level"])
                           for v in done if v != ref]
     return results
-
-
-# ---- rendering ----------------------------------------------------------------------------------
-def num(x, inf: str = "never") -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    if math.isinf(x):
-        return inf if x > 0 else "-inf"
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
-
-
-def ci(t, digits: int = 3) -> str:
-    return "–" if t is None else f"{t[0]:.{digits}f} [{t[1]:.{digits}f}, {t[2]:.{digits}f}]"
-
-
-def render_markdown(blocks: list[tuple]) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
-            out.append("#" * int(kind[1]) + " " + rest[0])
-        elif kind == "p":
-            out.append(rest[0])
-        elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in rest[0]))
-        elif kind == "table":
-            header, rows = rest
-            out.append("\n".join("| " + " | ".join(map(str, r)) + " |"
-                                 for r in [header, ["---"] * len(header), *rows]))
-        elif kind == "img":
-            out.append(f"![{rest[1]}]({rest[0]})")
-    return "\n\n".join(out) + "\n"
-
-
-def render_html(blocks: list[tuple], root: str, title: str) -> str:
-    """One self-contained page: the images are embedded as base64."""
-    e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-           "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}</style></head><body>"]
-    for kind, *rest in blocks:
-        if kind in ("h1", "h2", "p"):
-            out.append(f"<{kind}>{e(rest[0])}</{kind}>")
-        elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in rest[0]) + "</ul>")
-        elif kind == "table":
-            header, rows = rest
-            out.append("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-                       + "</table>")
-        elif kind == "img":
-            with open(os.path.join(root, rest[0]), "rb") as f:
-                data = base64.b64encode(f.read()).decode()
-            out.append(f"<p><img alt='{e(rest[1])}' src='data:image/png;base64,{data}'></p>")
-    return "\n".join(out + ["</body></html>"]) + "\n"
-
-
-def jsonable(x):
-    """numpy values and tuples as JSON types; inf and NaN as null."""
-    if isinstance(x, dict):
-        return {(k if isinstance(k, str) else str(k)): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-def write_outputs(out: str, stem: str, json_name: str, blocks: list[tuple], results: dict, title: str) -> None:
-    """OUT/<stem>.md, OUT/<stem>.html and OUT/<json_name> (every number in ``results``)."""
-    with open(os.path.join(out, f"{stem}.md"), "w") as f:
-        f.write(render_markdown(blocks))
-    with open(os.path.join(out, f"{stem}.html"), "w") as f:
-        f.write(render_html(blocks, out, title))
-    with open(os.path.join(out, json_name), "w") as f:
-        json.dump(jsonable(results), f, indent=1)
-
-
-# ---- plots --------------------------------------------------------------------------------------
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_intervals(table: dict[str, dict], path: str, xlabel: str) -> None:
-    """IQM, mean and median with their CIs, one row per variant."""
-    plt = pyplot()
-    names = list(table)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 0.6 * len(names) + 1.4), sharey=True)
-    for ax, stat in zip(axes, ("iqm", "mean", "median")):
-        for i, v in enumerate(names):
-            p, lo, hi = table[v][stat]
-            ax.errorbar([p], [i], xerr=[[p - lo], [hi - p]], fmt="o", capsize=4, color=f"C{i}")
-        ax.set_title(stat.upper() if stat == "iqm" else stat)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_yticks(range(len(names)), names)
-    axes[0].invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_curves(curves: dict[str, dict], path: str, ylabel: str, variants: list[str]) -> None:
-    """One panel per x axis: IQM over seeds and its 95% band, one colour per variant."""
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for ax, (axis, label) in zip(axes.flat, X_AXES.items()):
-        for i, v in enumerate(variants):
-            b = curves.get(axis, {}).get(v)
-            if b is not None:
-                ax.plot(b["x"], b["iqm"], color=f"C{i}", label=v)
-                ax.fill_between(b["x"], b["lo"], b["hi"], color=f"C{i}", alpha=0.2)
-        ax.set_xlabel(label)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes.flat[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_profiles(profiles: dict[str, tuple], taus: np.ndarray, path: str) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, (v, (p, lo, hi)) in enumerate(profiles.items()):
-        ax.plot(taus, p, color=f"C{i}", label=v)
-        ax.fill_between(taus, lo, hi, color=f"C{i}", alpha=0.2)
-    ax.set_xlabel("normalised score τ")
-    ax.set_ylabel("fraction of (seed, task) runs with score > τ")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ---- the comparison report ----------------------------------------------------------------------
@@ -568,6 +448,7 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
                   ", ".join(f"s{s}: {x:.3f}" for s, x in zip(results["seeds"][v], results["scores"][v]))]
                  for v, t in results["final"].items()]),
                ("img", plots["final"], "final performance"),
+               *([("p", saturation_note(metric))] if results["saturated"] else []),
                ("p", "Probability of improvement P(X > Y): the chance that a run of X scores higher than a run "
                      "of Y (ties count half)."),
                ("table", ["X", "Y", "P(X > Y)"], [[d["x"], d["y"], ci(d["poi"], 2)] for d in results["improvement"]])]
@@ -606,6 +487,19 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
     return blocks
 
 
+def saturation_note(metric: str) -> str:
+    """The report's line on a final metric that every run has at its ceiling."""
+    if metric == "eval/success_rate_sampled":
+        elsewhere = "on sample efficiency (how soon each reaches the threshold)"
+    else:
+        elsewhere = ("on sample efficiency (how soon each reaches the threshold) and on eval/success_rate_sampled, the "
+                     "sampled policy's success beside the greedy one: where the runs' summary.json records it, the "
+                     "same command with --metric eval/success_rate_sampled rewrites this report on it without "
+                     "training again")
+    return (f"Saturated: every run of every variant has {metric} >= {SATURATED} (its ceiling), so {metric} "
+            f"cannot separate the variants. Compare them {elsewhere}.")
+
+
 def ci_ratio(r: dict | None) -> str:
     return "reference" if r is None else f"{num(r['ratio'], 'inf')} [{num(r['lo'], 'inf')}, {num(r['hi'], 'inf')}]"
 
@@ -621,7 +515,7 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
         plot_intervals(results["final"], os.path.join(comp.out, plots["final"]), comp.metric)
         for key, curves in results["curves"].items():
             plots[f"curves {key}"] = f"plots/curves_{key.replace('/', '_')}.png"
-            plot_curves(curves, os.path.join(comp.out, plots[f"curves {key}"]), key, list(results["final"]))
+            plot_curves(curves, os.path.join(comp.out, plots[f"curves {key}"]), key, list(results["final"]), X_AXES)
     blocks = comparison_blocks(comp, results, plots)
     results["comparison"] = {"name": comp.name, "env": comp.env, "env_kwargs": comp.env_kwargs,
                              "variants": {v.name: v.overrides for v in comp.variants}, "seeds": comp.seeds,
@@ -651,7 +545,7 @@ def run_comparison(comp: Comparison, jobs: int) -> tuple[int, dict]:
 # ---- suite --------------------------------------------------------------------------------------
 def normalise(scores: dict[str, np.ndarray], metric: str) -> dict[str, np.ndarray]:
     """Scores of one task in [0, 1]: rates as they are, other metrics min-max over all its runs."""
-    if metric.endswith("_rate"):
+    if metric in RATES:
         return scores
     values = np.concatenate(list(scores.values()))
     lo, span = values.min(), values.max() - values.min()
@@ -831,7 +725,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.8, metavar="FRACTION",
                    help="sample-efficiency threshold as a fraction of the best variant's final IQM (default: 0.8)")
     p.add_argument("--metric", default=METRICS[0], choices=METRICS,
-                   help="final metric from summary.json; its train/ twin is the learning curve (default: %(default)s)")
+                   help="final metric from summary.json (eval/success_rate_sampled: runs whose trainer records "
+                        "it); its train/ twin is the learning curve, train/success_rate for both success rates "
+                        "(default: %(default)s)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

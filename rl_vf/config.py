@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -158,7 +159,7 @@ class TrainConfig:
             raise ConfigError(f"lam_critic must be in [0, 1] (or none: the same as lam), got {self.lam_critic}")
         if self.critic_warmup_updates < 0:
             raise ConfigError(f"critic_warmup_updates must be >= 0 (0 = no warm-up), got {self.critic_warmup_updates}")
-        if not ALGOS[self.algo].USES_CRITIC and (self.critic != "shared" or self.critic_warmup_updates):
+        if not ALGOS[self.algo].uses_critic and (self.critic != "shared" or self.critic_warmup_updates):
             raise ConfigError(f"critic={self.critic!r} and critic_warmup_updates={self.critic_warmup_updates} need a "
                               f"value function; algo {self.algo!r} has none (use ppo, or the defaults)")
         if self.algo == "reinforce" and self.baseline in ("rloo", "group") and self.group_size < 2:
@@ -191,6 +192,12 @@ def choice(value, valid, name: str):
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of config key ``name``: ``total_episodes`` -> ``--total-episodes``."""
+    return "--" + name.replace("_", "-")
+
 
 # Defaults that an env overrides, tuned and measured per env (README "Results"). They sit between
 # the dataclass defaults and the user's --config file and flags; config.yaml records the result.
@@ -290,3 +297,8 @@ def make_config(*layers: dict) -> TrainConfig:
             merged[key] = coerce(key, value)
     env_layer = ENV_DEFAULTS.get(merged.get("env", FIELDS["env"].default), {})
     return TrainConfig(**{**env_layer, **merged}).validate()
+
+
+def write_config(cfg: TrainConfig, run_dir: str) -> None:
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)

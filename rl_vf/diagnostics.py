@@ -32,12 +32,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_vf.advantages import gae, reinforce
-from rl_vf.algos import ppo
-from rl_vf.compare import jsonable, pyplot
-from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, Start
+from rl_vf.actor import engine_for, eval_seeds
+from rl_vf.advantages import reinforce, returns_to_go
+from rl_vf.algos import ALGOS
+from rl_vf.branches import BranchPoint, first_action, mc_state_values, play_on, replay, take_actions
+from rl_vf.engine import Episode, RolloutBatch, RolloutEngine
+from rl_vf.learner import explained_variance, score_batch
 from rl_vf.metrics_log import keep_rows_up_to
-from rl_vf.trainer import engine_for, eval_seeds, explained_variance, score_batch
+from rl_vf.report import jsonable, pyplot
 
 DIAG_SEED_OFFSET = 3 * 2**61  # held-out reset seeds: above training's, below evaluation's 2**62 + ...
 FRACTIONS = tuple(round(0.1 * i, 1) for i in range(1, 11))  # of an episode's action tokens (failure AUROC)
@@ -118,11 +120,6 @@ def at_turn_starts(x: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
     return [[row[t] for t in turn_starts(m)] for row, m in zip(x.tolist(), mask.tolist())]
 
 
-def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """(B, T) Monte-Carlo return from each action token on, discounted once per turn (no bootstrap)."""
-    return gae(rewards, torch.zeros_like(rewards, dtype=torch.float32), mask, gamma=gamma, lam=1.0)[1]
-
-
 def value_bias_by_turn(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> list[float | None]:
     """Mean of V − return-to-go at the first action token of turn k, for every turn index k."""
     turns, errors = [], []
@@ -140,84 +137,6 @@ def values_at_fractions(values: torch.Tensor, mask: torch.Tensor, fractions: Seq
         # round(): 0.3 * 10 is 3.0000000000000004 in floating point, and must give the 3rd token
         out[b] = [row[actions[max(math.ceil(round(f * len(actions), 9)), 1) - 1]] for f in fractions]
     return out
-
-
-# ---- Monte-Carlo branches ------------------------------------------------------------------------
-@dataclass
-class BranchPoint:
-    """A state of a held-out episode to branch from: its env replayed there and the transcript so far."""
-
-    seed: int
-    turn: int
-    tokens: list[int]  # the transcript up to the state's first action token
-    value: float  # the critic's V of the state
-    token_fraction: float  # where the state sits in its episode, by tokens
-    env: gym.Env  # unwrapped, at the state; only cloned, never stepped
-
-
-def replay(make_env: Callable[[], gym.Env], episode: Episode, turns: int) -> tuple[gym.Env, str]:
-    """A fresh env reset with the episode's seed and stepped through its first ``turns`` actions, and
-    the observation it then shows."""
-    env = make_env()
-    obs, _ = env.reset(seed=episode.seed)
-    for action in episode.actions[:turns]:
-        obs, *_ = env.step(action)
-    return env, obs
-
-
-def clones(env: gym.Env, k: int, rng: np.random.Generator) -> list[gym.Env]:
-    """K copies of ``env``, each re-seeded so the env's own randomness (an opponent) differs."""
-    return [env.clone(seed=int(s)) for s in rng.integers(2**63 - 1, size=k)]
-
-
-def first_action(episode: Episode) -> tuple[str, list[int]]:
-    """The text and tokens of an episode's first action."""
-    start = episode.action_mask.index(1)
-    end = start
-    while end < len(episode.tokens) and episode.action_mask[end]:
-        end += 1
-    return episode.actions[0], episode.tokens[start:end]
-
-
-def play_on(engine: RolloutEngine, starts: list[Start], gamma: float,
-            generator) -> tuple[list[float], list[float], list[Episode]]:
-    """Let the policy finish every start. Per start: the discounted return from it, the critic's V of
-    the start state (the sampled value at the first action token) and the episode."""
-    if not starts:
-        return [], [], []
-    episodes = engine.collect(starts, generator)
-    for start in starts:
-        start.env.close()
-    batch = RolloutBatch.from_episodes(episodes, engine.pad_id)
-    first = batch.action_mask.argmax(1, keepdim=True)
-    returns = returns_to_go(batch.rewards, batch.action_mask, gamma).gather(1, first).squeeze(1)
-    return returns.tolist(), batch.sample_values.gather(1, first).squeeze(1).tolist(), episodes
-
-
-def mc_state_values(engine: RolloutEngine, points: list[BranchPoint], k: int, gamma: float, generator,
-                    rng: np.random.Generator) -> tuple[list[float], list[list[Episode]]]:
-    """V_MC of every point (mean return of K continuations) and the continuations themselves."""
-    starts = [Start(env, p.tokens) for p in points for env in clones(p.env, k, rng)]
-    returns, _, episodes = play_on(engine, starts, gamma, generator)
-    per_point = range(0, len(starts), k)
-    return [float(np.mean(returns[i:i + k])) for i in per_point], [episodes[i:i + k] for i in per_point]
-
-
-def take_actions(engine: RolloutEngine, point: BranchPoint, actions: list[tuple[str, list[int]]], k: int,
-                 rng: np.random.Generator, starts: list[Start]) -> list[tuple[int, float, int | None]]:
-    """K branches per action, each taking it in its own clone of the state; the branches that go on
-    are appended to ``starts``. Per branch: ``(action index, reward, index in starts or None)``."""
-    branches = []
-    for j, (text, tokens) in enumerate(actions):
-        for env in clones(point.env, k, rng):
-            obs, reward, terminated, truncated, _ = env.step(text)
-            if terminated or truncated:
-                env.close()
-                branches.append((j, float(reward), None))
-            else:
-                branches.append((j, float(reward), len(starts)))
-                starts.append(Start(env, point.tokens + tokens + list(engine.encode(obs))))
-    return branches
 
 
 def rank_actions(engine: RolloutEngine, points: list[BranchPoint], continuations: list[list[Episode]], m: int,
@@ -370,7 +289,7 @@ def diagnose(policy, tokenizer, make_env: Callable[[], gym.Env], cfg, generator:
             metrics.update(dict.fromkeys(MC_METRICS, math.nan))
         probe.close()
         baseline = cfg.baseline if cfg.baseline in ("none", "mean") else "mean"  # held-out episodes have no groups
-        maps = {"ppo (GAE)": ppo.advantages(batch, scores, cfg)[0],
+        maps = {"ppo (GAE)": ALGOS["ppo"].advantages(batch, scores, cfg)[0],
                 f"reinforce ({baseline} baseline)": reinforce(batch.returns, mask, baseline=baseline)}
         report_maps = advantage_maps(tokenizer, episodes[:MAP_EPISODES], maps)
     finally:

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from rl_vf.advantages import gae
 from rl_vf.algos.losses import masked_mean
-from rl_vf.config import ConfigError, TrainConfig
+from rl_vf.config import ConfigError, TrainConfig, write_config
 from rl_vf.engine import Episode, RolloutBatch, stop_token_mask
 from rl_vf.legal import LegalActions
-from rl_vf.trainer import (adam, clip_gradients, episode_metrics, evaluate, minibatch_parts, open_env, policy_for_env,
-                           resolve_device, write_config)
+from rl_vf.actor import episode_metrics, evaluate, open_env, policy_for_env, resolve_device
+from rl_vf.learner import adam, clip_gradients, minibatch_parts
 
 
 def stop_token(tokenizer) -> int:

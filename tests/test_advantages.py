@@ -342,7 +342,9 @@ def test_discounted_returns_discount_once_per_turn():
 def test_reinforce_scores_the_discounted_return_when_gamma_is_below_one():
     from types import SimpleNamespace
 
-    from rl_vf.algos import reinforce as algo
+    from rl_vf.algos import ALGOS
+
+    algo = ALGOS["reinforce"]
 
     mask = t([[0, 1, 0, 1, 0, 1], [0, 1, 0, 1, 0, 0]])
     rewards = t([[0, 0, 0, 0, 0, 1.0], [0, 0, 0, 1.0, 0, 0]])  # a win on turn 3, a win on turn 2

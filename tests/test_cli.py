@@ -157,21 +157,21 @@ def test_eval_env_kwargs_replace_the_env_kwargs_in_every_evaluation(tmp_path, ca
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_policy(tmp_path, monkeypatch, capsys):
-    import rl_vf.trainer as trainer
+    import rl_vf.learner as learner
 
-    real_loss, real_set_lr = trainer.policy_loss, trainer.Trainer.set_lr
+    real_loss, real_set_lr = learner.policy_loss, learner.Learner.set_lr
     poison = {"on": False}
 
-    def set_lr(self, total_updates):  # called at the start of every update
-        poison["on"] = self.update_idx >= 1
-        real_set_lr(self, total_updates)
+    def set_lr(self, update, total_updates):  # called at the start of every update
+        poison["on"] = update >= 1
+        real_set_lr(self, update, total_updates)
 
     def poisoned(*args, **kwargs):
         loss, stats = real_loss(*args, **kwargs)
         return (loss * float("nan") if poison["on"] else loss), stats
 
-    monkeypatch.setattr(trainer, "policy_loss", poisoned)
-    monkeypatch.setattr(trainer.Trainer, "set_lr", set_lr)
+    monkeypatch.setattr(learner, "policy_loss", poisoned)
+    monkeypatch.setattr(learner.Learner, "set_lr", set_lr)
     assert main(ttt_args(tmp_path / "run", 128)) == 1
     err = capsys.readouterr().err
     assert "non-finite loss at update 2" in err and "Traceback" not in err

@@ -229,3 +229,36 @@ def test_no_run_reaches_a_threshold_of_zero():
     eff = compare.sample_efficiency(done, "train/success_rate", 0.8)
     assert eff["level"] == 0
     assert all(np.isinf(c).all() for axis in eff["crossings"].values() for c in axis.values())
+
+
+def test_a_metric_saturated_for_every_variant_is_flagged(tmp_path):
+    """Every run at >= 0.99: the report says the final metric cannot separate the variants."""
+    results = compare.write_report(synthetic_comparison(tmp_path / "all", [1.0] * 5, [1.0, 0.995, 1.0, 1.0, None]))
+    assert results["saturated"]
+    md = (tmp_path / "all" / "report.md").read_text()
+    final = md.split("## Final performance")[1].split("## Learning curves")[0]
+    assert "Saturated: every run of every variant has eval/success_rate >= 0.99 (its ceiling)" in final
+    assert "sample efficiency" in final and "--metric eval/success_rate_sampled" in final
+
+    # One run below the ceiling (0.98) and the metric separates again: no such line.
+    results = compare.write_report(synthetic_comparison(tmp_path / "one", [1.0] * 5, [1.0, 0.98, 1.0, 1.0, None]))
+    assert not results["saturated"]
+    assert "Saturated" not in (tmp_path / "one" / "report.md").read_text()
+    # Returns have no known ceiling: never saturated.
+    assert not compare.saturated({"ppo": np.array([1.0, 1.0])}, "eval/return_mean")
+
+
+def test_the_sampled_success_rate_is_a_metric_with_the_train_success_curve(tmp_path):
+    assert compare.make_comparison(str(tmp_path / "c"), "TicTacToe-v0", {}, ["ppo"], 1,
+                                   metric="eval/success_rate_sampled").metric == "eval/success_rate_sampled"
+    comp = synthetic_comparison(tmp_path, [0.9, 0.95, 0.85, 1.0, 0.92], [0.5, 0.6, 0.4, 0.55, None])
+    comp.metric = "eval/success_rate_sampled"
+    with pytest.raises(ConfigError, match="eval/success_rate_sampled is not in the summary.json of ppo s0, ppo s1"):
+        compare.write_report(comp)  # runs from a trainer that did not record it
+    for path in tmp_path.glob("runs/*/*/summary.json"):
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps({**summary, "eval/success_rate_sampled": summary["eval/success_rate"] / 2}))
+    results = compare.write_report(comp)
+    assert results["train_metric"] == "train/success_rate" and not results["saturated"]
+    assert results["final"]["ppo"]["iqm"] == pytest.approx(stats.bootstrap_ci([0.45, 0.475, 0.425, 0.5, 0.46]))
+    assert "Final performance (eval/success_rate_sampled" in (tmp_path / "report.md").read_text()

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from envs.base import TextEnv, text_space
+from rl_vf import branches
 from rl_vf import diagnostics as dg
+from rl_vf.advantages import returns_to_go
 from rl_vf.cli import main
 from rl_vf.engine import RolloutEngine, action_token_mask
 from rl_vf.metrics_log import read_metrics
@@ -45,7 +47,7 @@ def hand_batch():
 
 def test_returns_to_go_and_value_bias_by_turn():
     mask, rewards, values = hand_batch()
-    returns = dg.returns_to_go(rewards, mask, gamma=0.5)
+    returns = returns_to_go(rewards, mask, gamma=0.5)
     # gamma once per turn: row 0 turn 0 gets 0.5 + 0.5 * 1.0; row 1 turn 0 gets 0.5^2 * -1.
     assert returns.tolist() == [[0, 0, 1.0, 1.0, 0, 1.0, 0], [0, 0, -0.25, 0, -0.5, 0, -1.0]]
     assert dg.turn_starts(mask[0].tolist()) == [2, 5] and dg.turn_starts(mask[1].tolist()) == [2, 4, 6]
@@ -121,12 +123,12 @@ def test_mc_value_matches_the_exact_value(digit_policy):
     engine = RolloutEngine(policy, tok, CoinPick, num_envs=256, max_action_tokens=1)
     episode = engine.collect([7], torch.Generator().manual_seed(0))[0]
     start = dg.turn_starts(episode.action_mask)[1]
-    point = dg.BranchPoint(7, 1, episode.tokens[:start], 0.0, 0.5, dg.replay(CoinPick, episode, 1)[0])
+    point = branches.BranchPoint(7, 1, episode.tokens[:start], 0.0, 0.5, branches.replay(CoinPick, episode, 1)[0])
     with torch.no_grad():
         logits = policy(torch.tensor([point.tokens]))[0][0, -1]
     exact = 0.5 * float(torch.softmax(logits, -1)[tok.convert_tokens_to_ids("3")])
     k = 1500
-    mc, continuations = dg.mc_state_values(engine, [point], k, 1.0, torch.Generator().manual_seed(1),
+    mc, continuations = branches.mc_state_values(engine, [point], k, 1.0, torch.Generator().manual_seed(1),
                                            np.random.default_rng(2))
     # Clones that shared the coin would all win or all lose after a "3": far outside this band.
     assert abs(mc[0] - exact) < 4 * math.sqrt(exact * (1 - exact) / k), (mc[0], exact)

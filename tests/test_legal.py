@@ -9,7 +9,8 @@ from rl_vf.engine import RolloutBatch, RolloutEngine, stop_token_mask
 from rl_vf.legal import ActionTrie, LegalActions, LegalDecode, allowed_mask, pack_keys
 from rl_vf.policy import TinyConfig, load_policy
 from rl_vf.pretrain import demo_episode
-from rl_vf.trainer import Trainer, score_batch
+from rl_vf.learner import score_batch
+from rl_vf.trainer import Trainer
 
 STOP = (8, 9)
 

@@ -4,14 +4,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rl_vf.algos import ppo
+from rl_vf.algos import ALGOS
 from rl_vf.algos.losses import policy_loss, value_loss
 from rl_vf.cli import main
 from rl_vf.compare import make_comparison
 from rl_vf.config import ConfigError, make_config
 from rl_vf.engine import RolloutEngine
 from rl_vf.policy import CRITIC_DIR, Critic, TinyConfig, load_policy
-from rl_vf.trainer import Trainer, open_env, policy_for_env
+from rl_vf.actor import open_env, policy_for_env
+from rl_vf.trainer import Trainer
 from tests.test_cli import comparable, ttt_args
 
 # fp32 also on a GPU (where auto means bf16): these compare two computations to 1e-5.
@@ -45,7 +46,7 @@ def hand_batch():
 ])
 def test_decoupled_gae_by_hand(lam, lam_critic, advantages, returns):
     batch, old = hand_batch()
-    adv, ret = ppo.advantages(batch, old, SimpleNamespace(gamma=1.0, lam=lam, lam_critic=lam_critic))
+    adv, ret = ALGOS["ppo"].advantages(batch, old, SimpleNamespace(gamma=1.0, lam=lam, lam_critic=lam_critic))
     actions = batch.action_mask.bool()
     torch.testing.assert_close(adv[actions], torch.tensor(advantages))
     torch.testing.assert_close(ret[actions], torch.tensor(returns))
@@ -199,10 +200,10 @@ def test_rollouts_without_values_skip_the_separate_critic_and_sample_the_same(tm
     torch.nn.init.normal_(t.policy.critic.value_head.weight)  # zero at init: make its values show
     calls = []
     hook = t.policy.critic.register_forward_hook(lambda *_: calls.append(1))
-    seeds = t.episode_seeds()
-    cheap = t.engine.collect(seeds, torch.Generator(t.device).manual_seed(5))  # the trainer's engine: values=False
+    seeds = t.actor.episode_seeds(t.update_idx)
+    cheap = t.actor.engine.collect(seeds, torch.Generator(t.device).manual_seed(5))  # the trainer's engine: values=False
     assert calls == [] and all(v == 0.0 for e in cheap for v in e.values)
-    full = RolloutEngine(t.policy, t.tokenizer, t.env.make, 16, t.max_action_tokens)  # values, as diagnostics
+    full = RolloutEngine(t.policy, t.tokenizer, t.actor.env.make, 16, t.max_action_tokens)  # values, as diagnostics
     valued = full.collect(seeds, torch.Generator(t.device).manual_seed(5))
     assert calls and any(v != 0.0 for e in valued for v in e.values)
     assert [e.tokens for e in cheap] == [e.tokens for e in valued]

@@ -13,7 +13,7 @@ from rl_vf.policy import load_policy
 from rl_vf.engine import stop_token_mask
 from rl_vf.pretrain import demo_episode, stop_token
 from rl_vf.tokenizer import char_tokenizer
-from rl_vf.trainer import open_env, transcript
+from rl_vf.actor import open_env, transcript
 
 SMALL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64", "--threads", "1"]
 

@@ -3,9 +3,10 @@ import copy
 
 import torch
 
-import rl_vf.trainer as trainer
+import rl_vf.learner as learner
 from rl_vf.config import make_config
-from rl_vf.trainer import Trainer, length_buckets, score_batch
+from rl_vf.learner import length_buckets, score_batch
+from rl_vf.trainer import Trainer
 
 # fp32 also on a GPU (where auto means bf16): these compare two computations to 1e-5.
 SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled", precision="fp32")
@@ -42,11 +43,11 @@ def test_score_batch_matches_one_full_forward(tmp_path):
 def same_step_twice(t, batch, change) -> tuple[dict, dict]:
     """``t.update(batch)`` twice from the same state, the second time after ``change()``; asserts that
     both leave the same parameters and returns both steps' stats."""
-    state = copy.deepcopy((t.policy.state_dict(), t.optimizer.state_dict(), t.generator.get_state()))
+    state = copy.deepcopy((t.policy.state_dict(), t.learner.optimizer.state_dict(), t.generator.get_state()))
     first = t.update(batch).stats
     after_first = copy.deepcopy(t.policy.state_dict())
     t.policy.load_state_dict(state[0])
-    t.optimizer.load_state_dict(state[1])
+    t.learner.optimizer.load_state_dict(state[1])
     t.generator.set_state(state[2])
     change()
     second = t.update(batch).stats
@@ -60,7 +61,7 @@ def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
         t, batch, _ = collected(tmp_path / algo, algo)
         t.cfg.epochs, t.cfg.minibatch_size = 1, len(batch)  # exactly one optimiser step
         grouped, padded = same_step_twice(
-            t, batch, lambda: monkeypatch.setattr(trainer, "length_buckets", lambda lengths, idx: [idx]))
+            t, batch, lambda: monkeypatch.setattr(learner, "length_buckets", lambda lengths, idx: [idx]))
         monkeypatch.undo()
         for key in ("loss/pg", "loss/entropy", "ppo/approx_kl"):
             assert abs(grouped[key] - padded[key]) < 1e-5, (algo, key)
@@ -69,18 +70,18 @@ def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
 def test_one_step_update_without_critic_skips_scoring_and_steps_the_same(tmp_path, monkeypatch):
     t, batch, _ = collected(tmp_path, "reinforce")
     t.cfg.epochs, t.cfg.minibatch_size = 1, len(batch)
-    assert not t.scores_before_update(len(batch))
-    assert t.scores_before_update(len(batch) + 1)  # two minibatches: the second needs the old log-probs
+    assert not t.learner.scores_before_update(len(batch), t.algo)
+    assert t.learner.scores_before_update(len(batch) + 1, t.algo)  # two minibatches: the second needs the old log-probs
     t.cfg.epochs = 2
-    assert t.scores_before_update(len(batch))
+    assert t.learner.scores_before_update(len(batch), t.algo)
     t.cfg.epochs = 1
     reused, scored = same_step_twice(
-        t, batch, lambda: monkeypatch.setattr(t, "scores_before_update", lambda batch_size: True))
+        t, batch, lambda: monkeypatch.setattr(t.learner, "scores_before_update", lambda batch_size, algo: True))
     for key in ("loss/pg", "loss/entropy", "ppo/approx_kl", "ppo/clipfrac"):
         assert abs(reused[key] - scored[key]) < 1e-5, key
     ppo, _, _ = collected(tmp_path / "ppo", "ppo")
     ppo.cfg.epochs, ppo.cfg.minibatch_size = 1, len(batch)
-    assert ppo.scores_before_update(len(batch))  # the critic's values feed GAE
+    assert ppo.learner.scores_before_update(len(batch), ppo.algo)  # the critic's values feed GAE
 
 
 def test_bf16_precision_trains_on_cpu(tmp_path):

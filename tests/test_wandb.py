@@ -2,8 +2,8 @@
 import glob
 import os
 
-from rl_vf.compare import pyplot
 from rl_vf.metrics_log import MetricsLog, log_report
+from rl_vf.report import pyplot
 
 
 def small_png(path) -> str:

@@ -1,6 +1,7 @@
-"""The two credit-assignment methods rl_vf compares. Each module exposes ``USES_CRITIC`` and
-``advantages(batch, old, cfg) -> (advantages, returns_or_None)``; both share the losses in
-``rl_vf.algos.losses`` and the update loop in ``rl_vf.trainer``, so they differ only in credit."""
-from rl_vf.algos import ppo, reinforce
+"""The credit-assignment methods rl_vf compares, as algorithm objects (``rl_vf.algos.base``). They
+share the losses in ``rl_vf.algos.losses`` and the update loop of ``rl_vf.learner``, so they differ
+only in credit. Adding one touches this package and nothing else."""
+from rl_vf.algos.ppo import PPO
+from rl_vf.algos.reinforce import Reinforce
 
-ALGOS = {"ppo": ppo, "reinforce": reinforce}
+ALGOS = {algo.name: algo for algo in (PPO(), Reinforce())}

@@ -4,15 +4,17 @@ from __future__ import annotations
 import torch
 
 from rl_vf.advantages import discounted_returns, reinforce
+from rl_vf.algos.base import Algorithm
 
-USES_CRITIC = False
 
+class Reinforce(Algorithm):
+    name = "reinforce"
 
-def advantages(batch, old: dict, cfg) -> tuple[torch.Tensor, None]:
-    """Episode return minus ``cfg.baseline`` (none | mean | rloo | group) on every action token.
+    def advantages(self, batch, scores, cfg) -> tuple[torch.Tensor, None]:
+        """Episode return minus ``cfg.baseline`` (none | mean | rloo | group) on every action token.
 
-    With ``cfg.gamma`` < 1 the return is discounted once per turn, as in ppo: of two wins, the sooner
-    scores more. There is no critic, so there are no value targets.
-    """
-    returns = batch.returns if cfg.gamma == 1 else discounted_returns(batch.rewards, batch.action_mask, cfg.gamma)
-    return reinforce(returns, batch.action_mask, baseline=cfg.baseline, group_ids=batch.group_ids), None
+        With ``cfg.gamma`` < 1 the return is discounted once per turn, as in ppo: of two wins, the sooner
+        scores more. There is no critic, so there are no value targets.
+        """
+        returns = batch.returns if cfg.gamma == 1 else discounted_returns(batch.rewards, batch.action_mask, cfg.gamma)
+        return reinforce(returns, batch.action_mask, baseline=cfg.baseline, group_ids=batch.group_ids), None

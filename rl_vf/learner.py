@@ -1,0 +1,206 @@
+"""The learner: scores batches, builds minibatches, computes the named loss terms and owns the
+optimizer (the one place that data-parallel training touches). What an algorithm contributes, its
+advantages and its own loss terms, comes from the algorithm object (``rl_vf.algos``)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, whiten
+from rl_vf.config import TrainConfig
+from rl_vf.engine import RolloutBatch
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss that is NaN or inf; ``terms`` holds its named parts."""
+
+    def __init__(self, terms: dict[str, float]):
+        super().__init__(", ".join(f"{k}={v:.4g}" for k, v in terms.items()))
+        self.terms = terms
+
+
+@dataclass
+class Update:
+    """Numbers from one policy update, averaged over its minibatch steps."""
+
+    stats: dict
+    tokens: int
+
+
+class Learner:
+    """Trains ``policy`` (and its critic) on rollout batches with the algorithm's advantages.
+
+    ``generator`` shuffles minibatches (the run's one random stream, shared with the actor)."""
+
+    def __init__(self, policy, cfg: TrainConfig, device: torch.device, generator: torch.Generator):
+        self.policy, self.cfg, self.device, self.generator = policy, cfg, device, generator
+        self.reference = None
+        if cfg.kl_coef > 0:
+            self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+            self.reference.critic = None  # only its logprobs are read
+        self.optimizer = adam(policy, cfg.lr)
+
+    def set_lr(self, update: int, total_updates: int) -> None:
+        """The lr for update ``update``; computed from the update index, so resuming is exact."""
+        cfg = self.cfg
+        frac = 1 - update / total_updates if cfg.lr_schedule == "linear" else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * frac
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(),
+                "reference": self.reference.state_dict() if self.reference is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.reference is not None and state["reference"] is not None:
+            self.reference.load_state_dict(state["reference"])
+
+    def update(self, batch: RolloutBatch, algo, critic_only: bool = False) -> Update:
+        """One update on ``batch``: ``cfg.epochs`` passes of minibatch steps on ``algo``'s loss.
+
+        ``critic_only`` (a critic warm-up update): the value loss alone, no policy gradient."""
+        cfg, policy = self.cfg, self.policy
+        mask = batch.action_mask
+        lengths = batch.attention_mask.sum(1)
+        with torch.no_grad():
+            old = None
+            if self.scores_before_update(len(batch), algo):
+                old = score_batch(policy, batch, lengths, cfg.minibatch_size)
+            ref = None
+            if self.reference is not None and not critic_only:
+                ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"]
+            advantages, returns = algo.advantages(batch, old, cfg)
+            stats = {}
+            if returns is not None:
+                stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
+            if cfg.normalize_advantages:
+                advantages = whiten(advantages, mask)
+        # perf/trained_tokens counts a token once per transformer it is trained through: the policy
+        # LM and a separate critic (a warm-up update runs only one of them).
+        models = 1 if critic_only or policy.critic is None else 2
+
+        totals: dict[str, float] = {}
+        steps, tokens = 0, 0
+        for epoch in range(cfg.epochs):
+            epoch_kl = []
+            for idx in torch.randperm(len(batch), generator=self.generator, device=self.device).split(cfg.minibatch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                step_terms: dict[str, float] = {}
+                for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device)):
+                    loss, terms = self.part_loss(batch, sl, algo, old, ref, advantages, returns, critic_only)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLoss({k: float(v.detach()) for k, v in terms.items()})
+                    (loss * weight).backward()
+                    for k, v in terms.items():
+                        step_terms[k] = step_terms.get(k, 0.0) + float(v.detach() * weight)
+                    tokens += int(batch.attention_mask[sl].sum()) * models
+                clip_gradients(policy, cfg.max_grad_norm)
+                self.optimizer.step()
+                for k, v in step_terms.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                if not critic_only:
+                    epoch_kl.append(step_terms["ppo/approx_kl"])
+                steps += 1
+            if cfg.target_kl and epoch_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+                break
+        stats.update({k: v / steps for k, v in totals.items()})
+        stats["ppo/epochs"] = epoch + 1
+        return Update(stats, tokens)
+
+    def scores_before_update(self, batch_size: int, algo) -> bool:
+        """Whether an update first scores its batch (old log-probs, values). Not for one optimizer step
+        without a critic: the policy has not moved since sampling, so the old log-probs are the new
+        ones, detached (part_loss); a scoring pass would only repeat them."""
+        cfg = self.cfg
+        return algo.uses_critic or cfg.epochs > 1 or cfg.minibatch_size < batch_size
+
+    def part_loss(self, batch: RolloutBatch, sl, algo, old: dict | None, ref: torch.Tensor | None,
+                  advantages: torch.Tensor, returns: torch.Tensor | None, critic_only: bool) -> tuple[torch.Tensor, dict]:
+        """The loss on one part ``sl`` of a minibatch, and its named terms (loss/*, ppo/* statistics).
+
+        Every algorithm shares the policy terms (clipped policy gradient, entropy bonus, KL to the
+        reference): arms differ only in their advantages and their own terms (``algo.loss_terms``).
+        ``critic_only`` (critic warm-up): the algorithm's terms alone, scored so that the policy LM gets
+        no gradient (``Policy.score_values``); the caller passes no reference then.
+        """
+        cfg, m = self.cfg, batch.action_mask[sl]
+        if critic_only:
+            new = self.policy.score_values(batch.tokens[sl], batch.attention_mask[sl])
+            loss, terms = 0.0, {}
+        else:
+            new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
+            old_logprobs = new["logprobs"].detach() if old is None else old["logprobs"][sl]
+            pg, pg_stats = policy_loss(new["logprobs"], old_logprobs, advantages[sl], m, cfg.clip)
+            entropy = masked_mean(new["entropy"], m)
+            terms = {"loss/pg": pg, "loss/entropy": entropy, **{f"ppo/{k}": v for k, v in pg_stats.items()}}
+            loss = pg - cfg.ent_coef * entropy
+        for name, (term, coef) in algo.loss_terms(new, old, returns, sl, m, cfg).items():
+            terms[name] = term
+            loss = loss + coef * term
+        if ref is not None:
+            kl = kl_to_reference(new["logprobs"], ref[sl], m)
+            terms["loss/kl"] = kl
+            loss = loss + cfg.kl_coef * kl
+        return loss, terms
+
+
+def adam(module: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam over ``module``'s parameters; fused (one kernel for every parameter's update, not about
+    ten per parameter) on the devices torch fuses it for."""
+    params = list(module.parameters())
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
+def clip_gradients(policy, max_norm: float) -> None:
+    """Clip the gradient norm of each separately trained network on its own (``Policy.parameter_groups``)."""
+    for group in policy.parameter_groups():
+        torch.nn.utils.clip_grad_norm_(group, max_norm)
+
+
+def length_buckets(lengths: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
+    """``idx`` regrouped by episode length, longest first: a group ends where the next episode is at
+    most half as long as the group's longest, so padding a group to its longest at most doubles it."""
+    order = idx[torch.argsort(lengths[idx], descending=True, stable=True)]
+    sizes = lengths[order].tolist()
+    groups, start = [], 0
+    for i in range(1, len(sizes) + 1):
+        if i == len(sizes) or 2 * sizes[i] <= sizes[start]:
+            groups.append(order[start:i])
+            start = i
+    return groups
+
+
+def minibatch_parts(lengths: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor):
+    """One gradient step over minibatch ``idx``, as parts to accumulate: yields ``(rows, columns)``
+    index pairs of length groups (so short episodes are not padded to the longest) and each part's
+    weight, its share of the minibatch's action tokens. Summing ``weight * masked_mean(loss)`` over
+    the parts gives the gradient of ``masked_mean(loss)`` over the whole minibatch."""
+    action_tokens = mask[idx].sum()
+    for part in length_buckets(lengths, idx):
+        sl = (part, slice(0, int(lengths[part].max())))
+        yield sl, mask[sl].sum() / action_tokens
+
+
+@torch.no_grad()
+def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int) -> dict:
+    """``policy.score`` over the whole batch, run on length groups of at most ``chunk`` episodes."""
+    out: dict[str, torch.Tensor] = {}
+    for group in length_buckets(lengths, torch.arange(len(batch), device=lengths.device)):
+        for part in group.split(chunk):
+            width = int(lengths[part].max())
+            sl = (part, slice(0, width))
+            for key, value in policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl)).items():
+                out.setdefault(key, torch.zeros(batch.tokens.shape, dtype=value.dtype, device=value.device))
+                out[key][sl] = value
+    return out
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[returns - values] / Var[returns] over action tokens (1 is perfect, <= 0 useless)."""
+    m = mask.bool()
+    var = returns[m].var()
+    return float("nan") if var == 0 else float(1 - (returns[m] - values[m]).var() / var)
