@@ -12,6 +12,16 @@ Every env here is a `gymnasium.Env` whose observations and actions are plain str
 - ``value`` (float), optional: the exact value of the current state, where the env can
   compute it; ground truth for value-function diagnostics.
 
+Terminated vs truncated (DESIGN.md, "The token-level MDP"): the trainer bootstraps the value
+of the last state only when an episode is *truncated*; a *terminated* episode's return ends
+there. So an episode limit that the observation shows (a "moves left" countdown, "step 3 of
+5") is part of the task: the env must return ``terminated=True, truncated=False`` when it is
+reached (report it in ``info`` if useful, as the chess envs' ``move_limit``), and the policy
+can plan for it. A limit the agent cannot see (Gymnasium's ``TimeLimit``, the trainer's own
+cap) is not part of the task and truncates, and V is bootstrapped there. In your own env:
+either show the limit and terminate, or hide it and truncate, never show it and truncate
+(the value target would then bootstrap past a deadline the policy is told about).
+
 Demonstrations (for warm-starting a policy, `rl_vf pretrain`): an env that can play well
 implements `expert_action()` and `legal_actions()`; `demo_action()` mixes the two.
 """

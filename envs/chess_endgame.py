@@ -81,14 +81,19 @@ class ChessEndgameEnv(TextEnv):
       unchanged (potential-based shaping). Off by default (0.0).
 
     ## Episode End
-    Termination: checkmate, a draw, or an invalid move. Threefold repetition and the
-    fifty-move rule end the game as soon as they apply (as if claimed).
-    Truncation: the agent has made `max_moves` moves without the game ending.
+    Termination: checkmate, a draw, an invalid move, or the agent has made `max_moves` moves
+    without the game ending (`info["move_limit"]`). Threefold repetition and the fifty-move
+    rule end the game as soon as they apply (as if claimed). The move limit terminates, it
+    does not truncate: the observation counts the moves left, so the limit is part of the
+    task and no value is bootstrapped there. The env never truncates; a `TimeLimit` wrapper
+    (a limit the agent cannot see) does.
 
     ## Information
     `reset()` and `step()` return a dict with:
     - "invalid_action" (bool): the action was invalid (always False on reset).
     - "success" (bool): the agent has checkmated the defender.
+    - "move_limit" (bool): this step ended the episode by using the agent's last move
+      (`max_moves`) without the game ending.
     Where the Gaviota tables for `material` are installed (`tablebase_available`), also:
     - "dtm" (int): the tablebase's distance to mate of the observed position, in agent moves
       (1: mate in one) with best play by both; 0 if it is drawn or already mate.
@@ -118,7 +123,8 @@ class ChessEndgameEnv(TextEnv):
     - `defender`: "random" (uniform legal moves) or "stockfish" (its best move, prolonging
       the game; raises FileNotFoundError at construction if Stockfish is not installed).
     - `agent_color`: "white", "black" or "random" (a fair coin each episode).
-    - `max_moves`: agent moves before truncation; None is 30 for KQK, 40 for KRK.
+    - `max_moves`: agent moves before the episode terminates (shown in the observation as
+      the moves left); None is 30 for KQK, 40 for KRK.
     - `move_format`: "uci" or "san", the format of the observation and `legal_actions()`.
     - `show_fen`, `show_legal_moves`: add the FEN line and the legal-move line.
     - `compact`: a short header ("w 30": side to move, moves left) and the diagram without
@@ -141,7 +147,9 @@ class ChessEndgameEnv(TextEnv):
     The env starts Stockfish only when it first needs it; `close()` stops it.
 
     ## Version History
-    - v0: Initial version.
+    - v0: Initial version. Running out of moves (`max_moves`, shown as the moves left)
+      terminates rather than truncates, with `info["move_limit"]` (issue 17); the id is
+      unchanged.
     """
 
     legal_actions_complete = True
@@ -235,13 +243,15 @@ class ChessEndgameEnv(TextEnv):
             outcome = cc.game_outcome(board)  # a lone king never mates: a draw at worst
         mated = outcome is not None and outcome.winner is not None
         gained = self._material() - material_before
-        truncated = outcome is None and self._moves >= self.max_moves
-        ended = outcome is not None or truncated
-        info = self._info(ended)
+        # The observation counts the moves left, so the limit is part of the task: it terminates
+        # (no bootstrap), it does not truncate (envs/base.py, "Terminated vs truncated").
+        out_of_moves = outcome is None and self._moves >= self.max_moves
+        ended = outcome is not None or out_of_moves
+        info = self._info(ended, move_limit=out_of_moves)
         self._potential = self._potential_of(info, ended)
         shaping = self.material_reward * gained + self._potential - potential_before
         reward = float(mated) + shaping
-        return self._observation(), reward, outcome is not None, truncated, info
+        return self._observation(), reward, ended, False, info
 
     def expert_action(self, rng) -> str:
         board = self._board
@@ -355,9 +365,9 @@ class ChessEndgameEnv(TextEnv):
         dtm = info.get("dtm", 0)
         return self.tablebase_reward * (1 - dtm / (LONGEST_MATE[self.material] + 1)) if dtm and not ended else 0.0
 
-    def _info(self, ended: bool, invalid: bool = False) -> dict:
+    def _info(self, ended: bool, invalid: bool = False, move_limit: bool = False) -> dict:
         mated = self._board.is_checkmate()
-        info = {"invalid_action": invalid, "success": mated}
+        info = {"invalid_action": invalid, "success": mated, "move_limit": move_limit}
         if self.tablebase_available:
             dtm = self._dtm()
             moves_left = self.max_moves - self._moves

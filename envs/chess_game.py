@@ -64,14 +64,19 @@ class ChessEnv(TextEnv):
       Off by default (0.0).
 
     ## Episode End
-    Termination: checkmate, a draw, or an invalid move. Threefold repetition and the
-    fifty-move rule end the game as soon as they apply (as if claimed).
-    Truncation: the agent has made `max_moves` moves without the game ending.
+    Termination: checkmate, a draw, an invalid move, or the agent has made `max_moves` moves
+    without the game ending (`info["move_limit"]`). Threefold repetition and the fifty-move
+    rule end the game as soon as they apply (as if claimed). The move limit terminates, it
+    does not truncate: the observation counts the moves left, so the limit is part of the
+    task and no value is bootstrapped there. The env never truncates; a `TimeLimit` wrapper
+    (a limit the agent cannot see) does.
 
     ## Information
     `reset()` and `step()` return a dict with:
     - "invalid_action" (bool): the action was invalid (always False on reset).
     - "success" (bool): the agent has won.
+    - "move_limit" (bool): this step ended the episode by using the agent's last move
+      (`max_moves`) without the game ending.
 
     ## Demonstrator
     `expert_action(rng)`: Stockfish's move at full strength (Skill Level 20) under the env's
@@ -96,7 +101,8 @@ class ChessEnv(TextEnv):
     - `depth`, `movetime`: Stockfish's search limit, a depth and/or seconds per move (at
       least one; whichever is reached first); also the demonstrator's.
     - `fen`: the starting position; it must be legal and not over.
-    - `max_moves`: agent moves before truncation.
+    - `max_moves`: agent moves before the episode terminates (shown in the observation as
+      the moves left).
     - `move_format`: "uci" or "san", the format of the observation and `legal_actions()`.
     - `show_fen`, `show_legal_moves`: add the FEN line and the legal-move line.
     - `compact`: a short header ("w 30": side to move, moves left) and the diagram without
@@ -110,7 +116,9 @@ class ChessEnv(TextEnv):
     The env starts Stockfish only when it first needs it; `close()` stops it.
 
     ## Version History
-    - v0: Initial version.
+    - v0: Initial version. Running out of moves (`max_moves`, shown as the moves left)
+      terminates rather than truncates, with `info["move_limit"]` (issue 17); the id is
+      unchanged.
     """
 
     legal_actions_complete = True
@@ -200,8 +208,11 @@ class ChessEnv(TextEnv):
         reward = self.material_reward * gained
         if outcome is not None and outcome.winner is not None:
             reward += 1.0 if outcome.winner == self._agent else -1.0
-        truncated = outcome is None and self._moves >= self.max_moves
-        return self._observation(), reward, outcome is not None, truncated, self._info()
+        # The observation counts the moves left, so the limit is part of the task: it terminates
+        # (no bootstrap), it does not truncate (envs/base.py, "Terminated vs truncated").
+        out_of_moves = outcome is None and self._moves >= self.max_moves
+        ended = outcome is not None or out_of_moves
+        return self._observation(), reward, ended, False, self._info(move_limit=out_of_moves)
 
     def expert_action(self, rng) -> str:
         if self._stockfish is not None:
@@ -227,9 +238,9 @@ class ChessEnv(TextEnv):
         moves = list(self._board.legal_moves)
         return moves[int(self.np_random.integers(len(moves)))]
 
-    def _info(self, invalid: bool = False) -> dict:
+    def _info(self, invalid: bool = False, move_limit: bool = False) -> dict:
         won = self._board.is_checkmate() and self._board.turn != self._agent
-        return {"invalid_action": invalid, "success": won}
+        return {"invalid_action": invalid, "success": won, "move_limit": move_limit}
 
     def _observation(self) -> str:
         moves_left = self.max_moves - self._moves

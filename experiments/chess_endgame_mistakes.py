@@ -17,7 +17,7 @@ import chess
 
 from envs import chess_common as cc
 from greedy_games import greedy_games, parse_args
-from rl_vf.trainer import eval_seeds, transcript
+from rl_vf.actor import eval_seeds, transcript
 
 
 def has_mate_in_one(board: chess.Board) -> bool:
@@ -30,10 +30,10 @@ def has_mate_in_one(board: chess.Board) -> bool:
     return False
 
 
-def ending(board: chess.Board, info: dict, truncated: bool) -> str:
+def ending(board: chess.Board, info: dict) -> str:
     if info["invalid_action"]:
         return "invalid"
-    if truncated:
+    if info.get("move_limit"):
         return "out_of_moves"
     return "mate" if info["success"] else cc.game_outcome(board).termination.name.lower()
 
@@ -48,7 +48,7 @@ def replay(env, seed: int, actions: list[str]) -> Counter:
         counts["mate_in_one"] += available
         counts["mate_in_one_missed"] += available and not info["success"]
         if terminated or truncated:
-            counts[f"end_{ending(env.unwrapped.board, info, truncated)}"] += 1
+            counts[f"end_{ending(env.unwrapped.board, info)}"] += 1
             return counts
     raise ValueError(f"the game of seed {seed} did not end after its {len(actions)} moves")
 

@@ -131,7 +131,8 @@ def test_any_string_action_is_handled(name, action):
 def test_invalid_moves_end_the_episode(action):
     env = ChessEnv()
     obs, _ = env.reset(seed=0)
-    assert env.step(action) == (obs, -1.0, True, False, dict(invalid_action=True, success=False))
+    info = dict(invalid_action=True, success=False, move_limit=False)
+    assert env.step(action) == (obs, -1.0, True, False, info)
 
 
 SPECIAL = {
@@ -215,8 +216,8 @@ def test_tablebase_info_ground_truth():
     env = ChessEndgameEnv(max_moves=1)
     _, info = env.reset(seed=0, options=dict(fen=MATE_IN_ONE))
     assert (info["dtm"], info["value"]) == (1, 1.0)
-    _, reward, _, truncated, info = env.clone().step("h2a2")  # check, not mate: out of moves
-    assert (reward, truncated, info["value"]) == (0.0, True, 0.0)
+    _, reward, terminated, truncated, info = env.clone().step("h2a2")  # check, not mate: out of moves
+    assert (reward, terminated, truncated, info["move_limit"], info["value"]) == (0.0, True, False, True, 0.0)
     _, info = env.reset(seed=0, options=dict(fen="k7/8/8/8/8/8/8/KQ6 w - - 0 1"))
     assert info["dtm"] > 1 and info["value"] == 0.0  # a win, but not within one move
     # A stalemating move draws: the tablebase says so, and so does the env.
@@ -242,7 +243,74 @@ def test_tablebase_absent_omits_info():
     env = ChessEndgameEnv(tablebase_dir="/nonexistent")
     _, info = env.reset(seed=0)
     assert not env.tablebase_available and "make system-deps" in env.tablebase_status
-    assert info == dict(invalid_action=False, success=False)
+    assert info == dict(invalid_action=False, success=False, move_limit=False)
+
+
+# The move limit is shown ("moves left: N"), so it is part of the task: reaching it terminates
+# (no bootstrap), it never truncates (DESIGN.md, "Terminated vs truncated"; issue 17).
+SHUFFLES = {
+    # Knight out and back: nothing can end a game in two moves this way.
+    "Chess-v0": ({}, ["g1f3", "f3g1"]),
+    # King to and fro, the queen far from the lone king: no mate, stalemate or capture.
+    "ChessEndgame-v0": ({"options": {"fen": "7k/8/8/8/8/8/8/KQ6 w - - 0 1"}}, ["a1a2", "a2a1"]),
+}
+
+
+@pytest.mark.parametrize("env_id", sorted(SHUFFLES))
+def test_visible_move_limit_terminates(env_id):
+    reset_kwargs, moves = SHUFFLES[env_id]
+    env = gym.make(env_id, max_moves=len(moves))
+    obs, info = env.reset(seed=0, **reset_kwargs)
+    assert obs.splitlines()[0].endswith(f"moves left: {len(moves)}") and info["move_limit"] is False
+    for i, move in enumerate(moves, start=1):
+        obs, reward, terminated, truncated, info = env.step(move)
+        assert obs.splitlines()[0].endswith(f"moves left: {len(moves) - i}")
+        assert cc.game_outcome(env.unwrapped._board) is None
+        last = i == len(moves)
+        assert (terminated, truncated, info["move_limit"]) == (last, False, last)
+        assert type(terminated) is bool and type(truncated) is bool
+    assert (reward, info["success"], info["invalid_action"]) == (0.0, False, False)
+    assert info.get("value", 0.0) == 0.0  # out of moves: no win left (with the tables)
+    env.close()
+
+
+def test_move_limit_flag_only_on_running_out():
+    """Every other ending (mate, draw, lost queen) leaves move_limit False; the limit sets it."""
+    env = ChessEndgameEnv(max_moves=3, tablebase_dir=None, stockfish_path=None)
+    env.reset(seed=0)
+    rng, endings = np.random.default_rng(0), set()
+    for _ in range(60):
+        env.reset()
+        while True:
+            legal = env.legal_actions()
+            _, _, terminated, truncated, info = env.step(legal[rng.integers(len(legal))])
+            assert truncated is False
+            if terminated:
+                break
+        over = cc.game_outcome(env.board) is not None
+        assert info["move_limit"] is (not over)
+        endings.add(info["move_limit"])
+    assert endings == {True, False}  # both kinds of ending occurred
+
+
+def test_hidden_time_limit_still_truncates():
+    """A limit the agent cannot see (gymnasium's TimeLimit) truncates, before the visible one."""
+    _, moves = SHUFFLES["Chess-v0"]
+    env = gym.wrappers.TimeLimit(ChessEnv(max_moves=100), max_episode_steps=len(moves))
+    env.reset(seed=0)
+    for i, move in enumerate(moves, start=1):
+        obs, _, terminated, truncated, info = env.step(move)
+        last = i == len(moves)
+        assert (terminated, truncated, info["move_limit"]) == (False, last, False)
+    assert obs.splitlines()[0].endswith(f"moves left: {100 - len(moves)}")
+    # Through gym.make's max_episode_steps too, for the endgame.
+    reset_kwargs, moves = SHUFFLES["ChessEndgame-v0"]
+    env = gym.make("ChessEndgame-v0", max_episode_steps=len(moves))
+    env.reset(seed=0, **reset_kwargs)
+    for i, move in enumerate(moves, start=1):
+        _, _, terminated, truncated, info = env.step(move)
+        assert (terminated, truncated, info["move_limit"]) == (False, i == len(moves), False)
+    env.close()
 
 
 def test_random_legal_mate_rate_is_low():

@@ -50,7 +50,7 @@ def test_connect_four_mistakes_sorts_moves_against_the_solver(tmp_path):
         sys.path.pop(0)
     from envs.connect_four import game
     from rl_vf.config import TrainConfig
-    from rl_vf.trainer import open_env, policy_for_env
+    from rl_vf.actor import open_env, policy_for_env
 
     g = game(4, 5, 4)
     three_up = ".....\nX....\nX....\nX.OO.\n12345\n"  # X wins in column 1; O threatens nothing yet
@@ -85,13 +85,13 @@ def test_chess_endgame_mistakes_replays_games_and_sorts_their_endings(tmp_path):
     finally:
         sys.path.pop(0)
     from rl_vf.config import make_config
-    from rl_vf.trainer import open_env, policy_for_env
+    from rl_vf.actor import open_env, policy_for_env
 
     assert has_mate_in_one(chess.Board("k7/8/1K6/8/8/8/7Q/8 w - - 0 1"))  # Qh8#
     assert not has_mate_in_one(chess.Board("k7/8/8/8/8/8/8/KQ6 w - - 0 1"))
     stalemate = chess.Board("k7/2Q5/1K6/8/8/8/8/8 b - - 0 1")
-    assert ending(stalemate, {"invalid_action": False, "success": False}, False) == "stalemate"
-    assert ending(stalemate, {"invalid_action": False, "success": False}, True) == "out_of_moves"
+    assert ending(stalemate, {"invalid_action": False, "success": False, "move_limit": False}) == "stalemate"
+    assert ending(stalemate, {"invalid_action": False, "success": False, "move_limit": True}) == "out_of_moves"
 
     # A game of the env's own expert, replayed from its moves: it mates, and never misses a mate in one.
     env = gym.make("ChessEndgame-v0")
