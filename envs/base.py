@@ -79,7 +79,10 @@ class TextEnv(gymnasium.Env[str, str]):
         same continuation. With `seed` its `np_random` is re-seeded, so Monte-Carlo
         continuations branching from one state differ.
         """
-        twin = copy.deepcopy(self)
+        # Spaces and spec are configuration: shared, not copied (a deep copy of them cost ~9x the
+        # state of a KeyToDoor env); so is the random state that a new seed replaces anyway.
+        shared = [self.observation_space, self.action_space, self.spec] + ([self._np_random] if seed is not None else [])
+        twin = copy.deepcopy(self, {id(x): x for x in shared})
         if seed is not None:
             twin._np_random, twin._np_random_seed = seeding.np_random(seed)
         return twin

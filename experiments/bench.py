@@ -1,6 +1,6 @@
 """rl_vf benchmark (issue 6): the engine, a naive rollout loop and TRL, side by side in one run.
 
-    python experiments/bench.py [--quick] [--sections decode,multiturn,scaling,trl,update]
+    python experiments/bench.py [--quick] [--sections decode,multiturn,scaling,trl,update,branches]
                                 [--threads N] [--device auto|cpu|cuda] [--out FILE]
 
 Prints one table per section to stdout (progress goes to stderr) and, as the last stdout line,
@@ -43,6 +43,12 @@ same character-level Llama. Every comparison uses one model, one batch and one s
 5. update: trained tokens/s of ``Trainer.update`` (PPO with a value head, and REINFORCE) on one
    collected TicTacToe batch (played through ``LegalFallback`` so its games are full length), and
    the peak RSS of a short default ``python -m rl_vf train`` run in a subprocess.
+6. branches: the Monte-Carlo value arm's continuations (``rl_vf.branches.turn_values``: K from the
+   start of every turn, each from a copy of the env and a fork of the episode's KV cache) against
+   plain rollouts, in generated tokens/s, on KeyToDoor-v0 with delay 16 (18 turns). The policy
+   samples only "0" and "1", so every episode and continuation plays to the door. Also the same
+   continuations started from their transcripts (``Start``: each prefix prefilled again), to show
+   what the fork saves.
 """
 from __future__ import annotations
 
@@ -62,8 +68,10 @@ import numpy as np
 import torch
 
 import envs  # noqa: F401  (registers the ids)
+from rl_vf import branches
+from rl_vf.advantages import turn_starts
 from rl_vf.config import TrainConfig
-from rl_vf.engine import RolloutBatch, RolloutEngine, _RowCache, stop_token_mask
+from rl_vf.engine import RolloutBatch, RolloutEngine, Start, _RowCache, stop_token_mask
 from rl_vf.policy import TinyConfig, load_policy
 from rl_vf.pretrain import pretrain
 from rl_vf.tokenizer import DEFAULT_CHARS, SPECIAL_TOKENS
@@ -82,6 +90,7 @@ SECTIONS = {  # name: what it measures (--help)
     "scaling": "seconds per episode at 1, 4, 16, 64 turns, and the log-log slope, for both",
     "trl": "samples/s and success curves: trl GRPOTrainer vs rl_vf reinforce/group on Arithmetic-v0",
     "update": "update tokens/s (ppo, reinforce) and the peak RSS of a short `rl_vf train`",
+    "branches": "continuation tokens/s of the MC value arm (forked KV cache) vs plain rollout tokens/s",
 }
 ARITHMETIC = {"op": "add", "digits": 2, "mode": "single"}
 
@@ -108,13 +117,15 @@ class Scale:
     update_episodes: tuple = (("tiny", 256), ("10m", 64))
     train_episodes: int = 2048  # the RSS run: two updates of the default 1024 episodes
     train_args: tuple = ()  # further `rl_vf train` flags for that run
+    branch_episodes: tuple = (("tiny", 64), ("10m", 16))  # KeyToDoor episodes whose every turn is branched
+    branch_rollouts: int = 4  # K continuations per turn (vine_rollouts' default)
 
 
 FULL = Scale()
 QUICK = Scale(matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, multiturn_envs=4,
               multiturn_episodes=(("tiny", 4), ("10m", 4)), scaling_envs=2, scaling_turn_budget=16,
               trl_prompts=2, trl_generations=2, trl_steps=2, trl_demos=8, update_episodes=(("tiny", 8), ("10m", 4)),
-              train_episodes=64,
+              train_episodes=64, branch_episodes=(("tiny", 2), ("10m", 1)), branch_rollouts=2,
               train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
                           "--eval-every", "0"))
 
@@ -582,6 +593,54 @@ def bench_update(scale: Scale, device: torch.device, threads: int) -> dict:
     return figures
 
 
+def binary_policy(size: str, device: torch.device):
+    """``build(size)`` restricted to the tokens "0" and "1" (a KeyToDoor move, never invalid)."""
+    policy, tokenizer = build(size, device)
+    policy.allowed_tokens = torch.tensor([tokenizer.decode([i]) in ("0", "1") for i in range(len(tokenizer))],
+                                         device=device)
+    return policy, tokenizer
+
+
+def restarted(played: list, k: int) -> list[Start]:
+    """The starts of ``branches.turn_values``'s continuations, each with its whole transcript to
+    prefill (no forked cache): K re-seeded copies of every turn's state."""
+    rng = np.random.default_rng(0)
+    return [Start(env, episode.tokens[:start]) for episode in played
+            for start, state in zip(turn_starts(episode.action_mask), episode.states)
+            for env in branches.clones(state, k, rng)]
+
+
+def bench_branches(scale: Scale, device: torch.device) -> dict:
+    figures, rows = {}, []
+    make_env = lambda: gym.make("KeyToDoor-v0", delay=16, disable_env_checker=True)  # noqa: E731
+    for size, episodes in scale.branch_episodes:
+        policy, tokenizer = binary_policy(size, device)
+        rows_ = min(scale.multiturn_envs, episodes)
+
+        def engine(snapshots: bool = False) -> RolloutEngine:
+            return RolloutEngine(policy, tokenizer, make_env, rows_, 1, device, values=False, snapshots=snapshots)
+
+        log(f"branches: {size}, {episodes} episodes, K={scale.branch_rollouts} ...")
+        seeds, generator = list(range(episodes)), torch.Generator(device=device)
+        engine(snapshots=True).collect(seeds[:2], generator.manual_seed(0))  # warm-up
+        plain, t_plain = timed(lambda: engine().collect(seeds, generator.manual_seed(0)), device)
+        played = engine(snapshots=True).collect(seeds, generator.manual_seed(0))
+        (_, forked_tokens), t_fork = timed(lambda: branches.turn_values(
+            engine(), played, scale.branch_rollouts, 1.0, generator.manual_seed(1), np.random.default_rng(0)), device)
+        restarts = restarted(played, scale.branch_rollouts)
+        again, t_again = timed(lambda: engine().collect(restarts, generator.manual_seed(1)), device)
+        rates = {"rollout": sum(sum(e.action_mask) for e in plain) / t_plain, "forked": forked_tokens / t_fork,
+                 "prefilled": sum(sum(e.action_mask) for e in again) / t_again}
+        for name, rate in rates.items():
+            figures[f"branches_{name}_tok_s_{size}"] = rate
+            rows.append([size, name, rate, rate / rates["rollout"]])
+        figures[f"branches_forked_over_rollout_{size}"] = rates["forked"] / rates["rollout"]
+        figures[f"branches_forked_over_prefilled_{size}"] = rates["forked"] / rates["prefilled"]
+    table(f"6. Monte-Carlo continuations vs rollouts (KeyToDoor delay 16, K={scale.branch_rollouts}, generated tokens/s)",
+          ["model", "what", "tokens/s", "/ rollout"], rows)
+    return figures
+
+
 # ---- main --------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -616,7 +675,8 @@ def main(argv=None) -> dict:
     figures = {}
     runners = {"decode": lambda: bench_decode(scale, device), "multiturn": lambda: bench_multiturn(scale, device),
                "scaling": lambda: bench_scaling(scale, device), "trl": lambda: bench_trl(scale, device, args.threads),
-               "update": lambda: bench_update(scale, device, args.threads)}
+               "update": lambda: bench_update(scale, device, args.threads),
+               "branches": lambda: bench_branches(scale, device)}
     for section in args.sections:
         result, seconds = timed(runners[section], device)
         figures.update(result)

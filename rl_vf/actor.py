@@ -9,8 +9,11 @@ from typing import Callable
 import gymnasium as gym
 import torch
 
+import numpy as np
+
+from rl_vf import branches
 from rl_vf.config import ConfigError, TrainConfig
-from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, action_token_mask
+from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, action_token_mask, copy_env
 from rl_vf.policy import Critic, TinyConfig, load_policy
 from rl_vf.stats import wilson_interval
 from rl_vf.tokenizer import DEFAULT_CHARS
@@ -106,11 +109,27 @@ def episode_metrics(episodes: list[Episode], prefix: str) -> dict:
 
 
 def engine_for(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, max_action_tokens: int,
-               device, values: bool = True) -> RolloutEngine:
+               device, values: bool = True, snapshots: bool = False) -> RolloutEngine:
     """A rollout engine for ``episodes`` at a time, set up as ``cfg`` says (rows, env threads, decoding).
-    ``values=False``: the episodes' sampling-time values are not needed (no separate critic pass)."""
+    ``values=False``: the episodes' sampling-time values are not needed (no separate critic pass);
+    ``snapshots``: keep a copy of the env at every turn's start (to branch from)."""
     return RolloutEngine(policy, tokenizer, make_env, min(cfg.num_envs, episodes), max_action_tokens, device,
-                         env_threads=cfg.env_threads, legal_only=cfg.constrain_actions == "legal", values=values)
+                         env_threads=cfg.env_threads, legal_only=cfg.constrain_actions == "legal", values=values,
+                         snapshots=snapshots)
+
+
+def check_branchable(make_env, env_id: str) -> None:
+    """Refuse, with the env's name, an env whose state cannot be copied (branches need copies)."""
+    env = make_env()
+    try:
+        env.reset(seed=0)
+        copy_env(env, seed=0)
+    except Exception as e:  # whatever deepcopy raises for this env's members
+        raise ConfigError(f"env {env_id!r} cannot be copied ({type(e).__name__}: {e}); algo vine branches "
+                          f"continuations from copies of it: give it clone() (envs/base.py TextEnv) or make it "
+                          f"deep-copyable, or use another algo") from None
+    finally:
+        env.close()
 
 
 def eval_seeds(seed: int, episodes: int, offset: int = EVAL_SEED_OFFSET) -> list[int]:
@@ -156,13 +175,17 @@ class Actor:
     a run is one random stream and resumes exactly)."""
 
     def __init__(self, policy, tokenizer, cfg: TrainConfig, env: EnvInfo, eval_env: EnvInfo,
-                 max_action_tokens: int, device: torch.device, generator: torch.Generator):
+                 max_action_tokens: int, device: torch.device, generator: torch.Generator, branching: bool = False):
         self.policy, self.tokenizer, self.cfg = policy, tokenizer, cfg
         self.env, self.eval_env = env, eval_env
         self.max_action_tokens, self.device, self.generator = max_action_tokens, device, generator
+        if branching:
+            check_branchable(env.make, cfg.env)
         # The update recomputes values from the transcripts, so rollouts skip a separate critic.
         self.engine = engine_for(policy, tokenizer, env.make, cfg, cfg.episodes_per_update, max_action_tokens,
-                                 device, values=False)
+                                 device, values=False, snapshots=branching)
+        self.branch_engine = engine_for(policy, tokenizer, env.make, cfg, cfg.num_envs, max_action_tokens, device,
+                                        values=False) if branching else None
 
     def episode_seeds(self, update: int) -> list[int]:
         """Reset seeds of update ``update``'s episodes; the K members of a group share one."""
@@ -184,5 +207,15 @@ class Actor:
         return evaluate(self.policy, self.tokenizer, self.eval_env.make, cfg, episodes, cfg.seed, greedy,
                         self.max_action_tokens, self.device)
 
+    def turn_values(self, episodes: list[Episode], mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Monte-Carlo values of every turn's state (``cfg.vine_rollouts`` continuations each, on the
+        batch's (B, T) action ``mask``), and the continuations' generated tokens."""
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=self.generator, device=self.device)))
+        values, generated = branches.turn_values(self.branch_engine, episodes, self.cfg.vine_rollouts, self.cfg.gamma,
+                                                 self.generator, rng)
+        return branches.turn_values_tensor(values, mask), generated
+
     def close(self) -> None:
         self.engine.close()
+        if self.branch_engine is not None:
+            self.branch_engine.close()

@@ -6,6 +6,8 @@ last token of turn k. Observation and padding tokens are skipped, never decayed 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 BASELINES = ("none", "mean", "rloo", "group")
@@ -19,12 +21,16 @@ def gae(
     lam: float = 1.0,
     bootstrap: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over action tokens.
+    """Generalised advantage estimation over action tokens, with ``gamma`` and ``lam`` applied once
+    per turn boundary (once per env step), never per token, so the credit horizon counts decisions.
 
     The next value of an action token is the value of the next action token of the episode
     (for the last token of a turn: the first token of the next turn, discounted by ``gamma``
-    once). After the last action token the next value is ``bootstrap`` (truncated episodes)
-    or 0. Returns ``(advantages, returns)``, zero where ``mask == 0``.
+    once). Within a turn tokens chain with discount 1 and lambda 1; across a boundary the next
+    advantage is weighted by ``gamma * lam``. For token t of turn k, with s_{k+1} the first token
+    of the next turn: A_t = r_k + gamma V(s_{k+1}) - V(t) + gamma lam A(s_{k+1}).
+    After the last action token the next value is ``bootstrap`` (truncated episodes) or 0.
+    Returns ``(advantages, returns)``, zero where ``mask == 0``.
     """
     mask_f = mask.to(values.dtype)
     rewards = rewards.to(values.dtype) * mask_f
@@ -34,23 +40,30 @@ def gae(
     if bootstrap is not None:
         next_value = bootstrap.to(values.dtype)
     next_adv = torch.zeros_like(next_value)
-    # gamma between this token and the next action token: 1 inside a turn, gamma across a
-    # turn boundary (and before the bootstrap value, which belongs to the next turn).
+    # gamma (and lam) between this token and the next action token: 1 inside a turn, gamma (lam)
+    # across a turn boundary (and before the bootstrap value, which belongs to the next turn).
     next_discount = torch.full_like(next_value, gamma)
+    next_lam = torch.full_like(next_value, lam)
     advantages = torch.zeros_like(values)
     is_action = mask.bool()
     for t in range(T - 1, -1, -1):
         act = is_action[:, t]
         delta = rewards[:, t] + next_discount * next_value - values[:, t]
-        adv = delta + next_discount * lam * next_adv
+        adv = delta + next_discount * next_lam * next_adv
         advantages[:, t] = torch.where(act, adv, torch.zeros_like(adv))
         next_value = torch.where(act, values[:, t], next_value)
         next_adv = torch.where(act, adv, next_adv)
         # Token t-1 is in the same turn only if it is an action token too; if t-1 is an
         # observation token, the next action token before it starts a new turn.
         next_discount = torch.where(act, torch.ones_like(next_discount), torch.full_like(next_discount, gamma))
+        next_lam = torch.where(act, torch.ones_like(next_lam), torch.full_like(next_lam, lam))
     returns = (advantages + values) * mask_f
     return advantages, returns
+
+
+def turn_starts(action_mask: Sequence[int]) -> list[int]:
+    """Index of the first action token of every turn (a turn is a run of action tokens)."""
+    return [t for t, m in enumerate(action_mask) if m and (t == 0 or not action_mask[t - 1])]
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -13,9 +13,10 @@ from typing import Callable
 
 import gymnasium as gym
 import numpy as np
+import torch
 
-from rl_vf.advantages import returns_to_go
-from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, Start
+from rl_vf.advantages import returns_to_go, turn_starts
+from rl_vf.engine import Episode, Fork, RolloutBatch, RolloutEngine, Start, copy_env
 
 
 @dataclass
@@ -42,7 +43,7 @@ def replay(make_env: Callable[[], gym.Env], episode: Episode, turns: int) -> tup
 
 def clones(env: gym.Env, k: int, rng: np.random.Generator) -> list[gym.Env]:
     """K copies of ``env``, each re-seeded so the env's own randomness (an opponent) differs."""
-    return [env.clone(seed=int(s)) for s in rng.integers(2**63 - 1, size=k)]
+    return [copy_env(env, seed=int(s)) for s in rng.integers(2**63 - 1, size=k)]
 
 
 def first_action(episode: Episode) -> tuple[str, list[int]]:
@@ -93,3 +94,64 @@ def take_actions(engine: RolloutEngine, point: BranchPoint, actions: list[tuple[
                 branches.append((j, float(reward), len(starts)))
                 starts.append(Start(env, point.tokens + tokens + list(engine.encode(obs))))
     return branches
+
+
+# ---- Monte-Carlo values of every turn (the vine arm) ---------------------------------------------
+@torch.no_grad()
+def prefix_cache(policy, episodes: list[Episode], pad_id: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The policy LM's keys and values (B, heads, T, dim) per layer over the episodes' whole
+    transcripts (right-padded; causal, so any prefix's columns are the prefix's own cache)."""
+    batch = RolloutBatch.from_episodes(episodes, pad_id).to(device)
+    cache = policy.new_cache(values=False)
+    policy(batch.tokens, attention_mask=batch.attention_mask, past_key_values=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.lm.layers]
+
+
+def discounted_return(episode: Episode, gamma: float) -> float:
+    """The return of an episode's own turns (a prompt's tokens have no reward), discounted once per turn."""
+    total, turn = 0.0, -1
+    for t, (is_action, reward) in enumerate(zip(episode.action_mask, episode.rewards)):
+        if is_action and (t == 0 or not episode.action_mask[t - 1]):
+            turn += 1
+        total += gamma ** max(turn, 0) * reward
+    return total
+
+
+def turn_values(engine: RolloutEngine, episodes: list[Episode], k: int, gamma: float, generator,
+                rng: np.random.Generator) -> tuple[list[list[float]], int]:
+    """V of the state at the start of every turn of every episode (played with ``snapshots``): the
+    mean discounted return of K continuations of the policy, each from a re-seeded copy of the
+    state (``Episode.states``) and a fork of the episode's KV cache. Returns the values per episode
+    and turn, and the continuations' generated tokens. The episodes are only read."""
+    values: list[list[float]] = []
+    generated = 0
+    per_chunk = max(1, len(engine.envs) // k)  # episodes whose branches are played together
+    for first in range(0, len(episodes), per_chunk):
+        chunk = episodes[first:first + per_chunk]
+        layers = prefix_cache(engine.policy, chunk, engine.pad_id, engine.device)
+        forks, turns = [], []
+        for b, episode in enumerate(chunk):
+            starts = turn_starts(episode.action_mask)
+            turns.append(len(starts))
+            for start, state in zip(starts, episode.states):
+                kv = [(keys[b, :, : start - 1], vals[b, :, : start - 1]) for keys, vals in layers]
+                forks += [Fork(env, episode.tokens[:start], kv) for env in clones(state, k, rng)]
+        played = engine.collect(forks, generator)
+        for fork in forks:
+            fork.env.close()
+        returns = iter([discounted_return(e, gamma) for e in played])
+        values += [[float(np.mean([next(returns) for _ in range(k)])) for _ in range(n)] for n in turns]
+        generated += sum(sum(e.action_mask) for e in played)
+    return values, generated
+
+
+def turn_values_tensor(values: list[list[float]], mask: torch.Tensor) -> torch.Tensor:
+    """(B, T): each action token gets the value of its turn's state; 0 elsewhere."""
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    for b, (row, per_turn) in enumerate(zip(mask.tolist(), values)):
+        turn = -1
+        for t, is_action in enumerate(row):
+            if is_action:
+                turn += (t == 0 or not row[t - 1])
+                out[b, t] = per_turn[turn]
+    return out.to(mask.device)

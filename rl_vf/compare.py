@@ -14,7 +14,8 @@ Definitions the reports use (each report repeats them):
   point, the mean of all of them), so one lucky batch never counts. A run's final train score is the
   last point of that curve.
 - The threshold is ``--threshold`` (a fraction, default 0.8) times the best variant's IQM over
-  seeds of the final train score. A run reaches it at the first update whose smoothed value is
+  seeds of the final train score, or ``--target`` (a fixed level of the smoothed train curve,
+  e.g. 0.8 sampled success) where given. A run reaches it at the first update whose smoothed value is
   >= the threshold (the episodes and generated tokens done by then); a run that never does is
   censored ("never", inf), and ``stats.threshold_ratio`` keeps censored runs in its medians.
 - Equal compute: B is the smallest final ``perf/trained_tokens`` of any finished run; each run's
@@ -145,6 +146,7 @@ class Comparison:
     metric: str = "eval/success_rate"
     threshold: float = 0.8
     wandb: str = "offline"
+    target: float | None = None  # a fixed sample-efficiency threshold (replaces threshold x best)
 
     @property
     def name(self) -> str:
@@ -161,7 +163,7 @@ class Comparison:
 
 def make_comparison(out: str, env: str, env_kwargs, variants: list[str], seeds: int, episodes: int | None = None,
                     sets: dict | None = None, metric: str = "eval/success_rate", threshold: float = 0.8,
-                    wandb: str = "offline") -> Comparison:
+                    wandb: str = "offline", target: float | None = None) -> Comparison:
     """A checked comparison: every run's config is built (and validated) before anything runs."""
     from rl_vf.actor import open_env  # imports torch; only needed here
 
@@ -186,7 +188,7 @@ def make_comparison(out: str, env: str, env_kwargs, variants: list[str], seeds: 
     if len(set(folders)) < len(folders):
         raise ConfigError(f"two variants share a name or folder: {', '.join(v.name for v in parsed)}")
     comp = Comparison(out, env, coerce("env_kwargs", env_kwargs), parsed, list(range(seeds)), common,
-                      metric, threshold, wandb)
+                      metric, threshold, wandb, target)
     for v in parsed:
         try:
             make_config(comp.run_config(v, 0))
@@ -332,11 +334,13 @@ def learning_curves(done: dict[str, list[Run]], keys: list[str], seed: int = 0) 
     return out
 
 
-def sample_efficiency(done: dict[str, list[Run]], train_key: str, fraction: float, seed: int = 0) -> dict:
-    """Per-seed first crossings of the threshold and their ratio to the first variant's."""
+def sample_efficiency(done: dict[str, list[Run]], train_key: str, fraction: float, seed: int = 0,
+                      target: float | None = None) -> dict:
+    """Per-seed first crossings of the threshold (``target``, else ``fraction`` x the best final IQM)
+    and their ratio to the first variant's."""
     finals = {v: np.array([r.smoothed("train/episodes", train_key)[1][-1] for r in rs]) for v, rs in done.items()}
     best = max(finals, key=lambda v: stats.iqm(finals[v]))
-    level = fraction * stats.iqm(finals[best])
+    level = target if target is not None else fraction * stats.iqm(finals[best])
 
     def crossing(run: Run, axis: str) -> float:
         if level <= 0:  # no run learned: a threshold of 0 would count every run as there from the start
@@ -348,7 +352,7 @@ def sample_efficiency(done: dict[str, list[Run]], train_key: str, fraction: floa
     ref = next(iter(done))
     ratios = {axis: {v: stats.threshold_ratio(c[ref], c[v], REPS, ALPHA, seed) for v in c if v != ref}
               for axis, c in crossings.items()}
-    return {"fraction": fraction, "level": level, "best_variant": best, "best_final_iqm": stats.iqm(finals[best]),
+    return {"fraction": fraction, "target": target, "level": level, "best_variant": best, "best_final_iqm": stats.iqm(finals[best]),
             "reference": ref, "final_train": finals, "crossings": crossings, "ratios": ratios}
 
 
@@ -392,7 +396,8 @@ def saturated(scores: dict[str, np.ndarray], metric: str) -> bool:
     return metric in RATES and all(len(x) and np.all(x >= SATURATED) for x in scores.values())
 
 
-def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int = 0) -> dict:
+def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int = 0,
+            target: float | None = None) -> dict:
     """Every number of a comparison report, from its finished runs."""
     done = {v: [r for r in rs if r.summary is not None] for v, rs in runs.items()}
     done = {v: rs for v, rs in done.items() if rs}
@@ -415,7 +420,7 @@ def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int 
     results["improvement"] = improvement(scores, seed)
     periodic_eval = any(metric in row for rs in done.values() for r in rs for row in r.rows)
     results["curves"] = learning_curves(done, [train_key, metric] if periodic_eval else [train_key], seed)
-    eff = results["sample_efficiency"] = sample_efficiency(done, train_key, fraction, seed)
+    eff = results["sample_efficiency"] = sample_efficiency(done, train_key, fraction, seed, target)
     results["compute"] = compute(done, train_key, seed)
     poi = {(d["x"], d["y"]): d["poi"] for d in results["improvement"]}
     ref = eff["reference"]
@@ -461,10 +466,12 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
 
     ref = eff["reference"]
     blocks += [("h2", "Sample efficiency"),
-               ("p", f"Threshold {eff['level']:.3f} = {eff['fraction']} x {eff['best_final_iqm']:.3f}, the final "
-                     f"IQM of {eff['best_variant']} (the best variant), where a run's final score is the last point "
-                     f"of its smoothed train curve: {train_key} averaged over {SMOOTH} consecutive updates. A run "
-                     f"reaches the threshold at the first update where the smoothed curve is >= it; 'never' = "
+               ("p", (f"Threshold {eff['level']:.3f} (--target) of the smoothed train curve, {train_key} averaged "
+                      f"over {SMOOTH} consecutive updates. A run " if eff["target"] is not None else
+                      f"Threshold {eff['level']:.3f} = {eff['fraction']} x {eff['best_final_iqm']:.3f}, the final "
+                      f"IQM of {eff['best_variant']} (the best variant), where a run's final score is the last point "
+                      f"of its smoothed train curve: {train_key} averaged over {SMOOTH} consecutive updates. A run ")
+                     + f"reaches the threshold at the first update where the smoothed curve is >= it; 'never' = "
                      f"censored. Ratio = median(variant) / median({ref}) over seeds, with 'never' counted as "
                      f"infinitely late (so the ratio is inf once the variant's median run never gets there)."
                      + (" The best final score is 0: no run learned, so none counts as reaching it."
@@ -506,7 +513,7 @@ def ci_ratio(r: dict | None) -> str:
 
 def write_report(comp: Comparison, seed: int = 0) -> dict:
     """report.md, report.html, results.json and plots/ from the comparison's finished runs."""
-    results = analyse(load_runs(comp), comp.metric, comp.threshold, seed)
+    results = analyse(load_runs(comp), comp.metric, comp.threshold, seed, comp.target)
     plot_dir = os.path.join(comp.out, "plots")
     os.makedirs(plot_dir, exist_ok=True)
     plots = {}
@@ -519,7 +526,8 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
     blocks = comparison_blocks(comp, results, plots)
     results["comparison"] = {"name": comp.name, "env": comp.env, "env_kwargs": comp.env_kwargs,
                              "variants": {v.name: v.overrides for v in comp.variants}, "seeds": comp.seeds,
-                             "common": comp.common, "threshold_fraction": comp.threshold, "smooth_updates": SMOOTH,
+                             "common": comp.common, "threshold_fraction": comp.threshold, "target": comp.target,
+                             "smooth_updates": SMOOTH,
                              "bootstrap": {"reps": REPS, "alpha": ALPHA, "seed": seed}}
     results["plots"] = plots
     write_outputs(comp.out, "report", "results.json", blocks, results, f"rl-vf comparison {comp.name}")
@@ -660,7 +668,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     env_name = args.env.split(":")[-1].replace("/", "_")
     out = args.out or os.path.join("runs", f"compare-{env_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     comp = make_comparison(out, args.env, args.env_kwargs, [v for a in args.algos for v in a.split()], args.seeds,
-                           args.episodes, parse_pairs(args.set, "--set"), args.metric, args.threshold, args.wandb)
+                           args.episodes, parse_pairs(args.set, "--set"), args.metric, args.threshold, args.wandb,
+                           args.target)
     return run_comparison(comp, positive_jobs(args.jobs))[0]
 
 
@@ -724,6 +733,9 @@ def add_parsers(sub) -> None:
                    help="a config override for every run (repeatable), e.g. --set lr=3e-4")
     p.add_argument("--threshold", type=float, default=0.8, metavar="FRACTION",
                    help="sample-efficiency threshold as a fraction of the best variant's final IQM (default: 0.8)")
+    p.add_argument("--target", type=float, metavar="LEVEL",
+                   help="sample-efficiency threshold as a fixed level of the smoothed train curve instead, e.g. 0.8 "
+                        "(sampled success, as train/success_rate is)")
     p.add_argument("--metric", default=METRICS[0], choices=METRICS,
                    help="final metric from summary.json (eval/success_rate_sampled: runs whose trainer records "
                         "it); its train/ twin is the learning curve, train/success_rate for both success rates "

@@ -78,15 +78,24 @@ class TrainConfig:
     # Credit assignment.
     gamma: float = doc("discount, applied once per env step (turn), never per token; also to reinforce's "
                        "episode return", 1.0)
-    lam: float = doc("GAE lambda (ppo): of the actor's advantages, and of the value targets unless lam_critic is "
-                     "set", 0.95)
-    lam_critic: float | None = doc("GAE lambda of the value targets (ppo; decoupled GAE as in VC-PPO/VAPO, e.g. 1.0: "
-                                   "unbiased Monte-Carlo targets); none: the same as lam", None)
+    lam: float = doc("GAE lambda (ppo, vine), applied once per turn like gamma (never per token): of the "
+                     "advantages, and of ppo's value targets unless lam_critic is set", 0.95)
+    lam_critic: float | None = doc("GAE lambda of the value targets (ppo; decoupled GAE as in VC-PPO/VAPO; 1.0: "
+                                   "unbiased Monte-Carlo targets, not the critic's own bootstrap); none: the same "
+                                   "as lam", 1.0)
     critic: str = doc("ppo value function: shared (a value head on the policy LM's trunk) | separate (a second model "
                       "of the same architecture with its own value head, starting as a copy of the policy's; saved in "
                       "checkpoints/*/critic/; each trained token then counts twice in perf/trained_tokens)", "shared")
-    critic_warmup_updates: int = doc("ppo: the first N updates train only the value function (no policy gradient, "
-                                     "entropy or KL; the policy LM stays as it is); their episodes count", 0)
+    critic_lr: float | None = doc("Adam learning rate of the value function (ppo: the separate critic, or the value "
+                                  "head on a shared trunk); none: lr", None)
+    critic_warmup_updates: int = doc("ppo: at most N updates at the start train only the value function (no policy "
+                                     "gradient, entropy or KL; the policy LM stays as it is) while the batch's "
+                                     "value/bias, measured on its fresh episodes before the update, is above "
+                                     "critic_warmup_bias; their episodes count", 8)
+    critic_warmup_bias: float = doc("ppo: the critic warm-up ends at the first batch whose |value/bias| is at most "
+                                    "this", 0.05)
+    vine_rollouts: int = doc("vine: K continuations of the current policy from each turn's state; V is their "
+                             "mean return", 4)
     baseline: str = doc(f"REINFORCE baseline: {' | '.join(BASELINES)}", "mean")
     normalize_advantages: bool = doc("whiten advantages over the batch's action tokens", True)
     # Optimisation (shared by both algorithms: they differ only in the advantages).
@@ -95,7 +104,7 @@ class TrainConfig:
     epochs: int = doc("passes over each batch (1 = single-pass policy gradient)", 4)
     minibatch_size: int = doc("episodes per gradient step", 64)
     clip: float = doc("PPO ratio clip epsilon", 0.2)
-    vf_clip: float = doc("value clip around the old values (0 disables)", 0.2)
+    vf_clip: float = doc("value clip around the old values, in return units (0 disables)", 0.0)
     vf_coef: float = doc("value loss weight (ppo)", 0.5)
     ent_coef: float = doc("entropy bonus weight", 0.01)
     kl_coef: float = doc("KL penalty to the frozen initial policy (0 disables)", 0.0)
@@ -135,7 +144,7 @@ class TrainConfig:
         choice(self.critic, CRITICS, "critic")
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
                      "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size", "warm_start_epochs",
-                     "diag_episodes", "diag_states", "diag_rollouts", "env_threads"):
+                     "diag_episodes", "diag_states", "diag_rollouts", "env_threads", "vine_rollouts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.attention_window < 0:
@@ -150,6 +159,10 @@ class TrainConfig:
             raise ConfigError(f"warm_start_demos must be >= 0 (0 = no warm start), got {self.warm_start_demos}")
         if not 0.0 <= self.warm_start_expert_prob <= 1.0:
             raise ConfigError(f"warm_start_expert_prob must be in [0, 1], got {self.warm_start_expert_prob}")
+        if self.critic_lr is not None and not self.critic_lr > 0:
+            raise ConfigError(f"critic_lr must be > 0 (or none: lr), got {self.critic_lr}")
+        if self.critic_warmup_bias < 0:
+            raise ConfigError(f"critic_warmup_bias must be >= 0, got {self.critic_warmup_bias}")
         for name in ("lr", "clip", "max_grad_norm", "warm_start_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -159,9 +172,9 @@ class TrainConfig:
             raise ConfigError(f"lam_critic must be in [0, 1] (or none: the same as lam), got {self.lam_critic}")
         if self.critic_warmup_updates < 0:
             raise ConfigError(f"critic_warmup_updates must be >= 0 (0 = no warm-up), got {self.critic_warmup_updates}")
-        if not ALGOS[self.algo].uses_critic and (self.critic != "shared" or self.critic_warmup_updates):
-            raise ConfigError(f"critic={self.critic!r} and critic_warmup_updates={self.critic_warmup_updates} need a "
-                              f"value function; algo {self.algo!r} has none (use ppo, or the defaults)")
+        if not ALGOS[self.algo].uses_critic and self.critic != "shared":
+            raise ConfigError(f"critic={self.critic!r} needs a learned value function; algo {self.algo!r} has none "
+                              f"(use ppo, or critic: shared)")
         if self.algo == "reinforce" and self.baseline in ("rloo", "group") and self.group_size < 2:
             raise ConfigError(f"baseline {self.baseline!r} needs group_size >= 2 (K episodes per initial state), "
                               f"got {self.group_size}")

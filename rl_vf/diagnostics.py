@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from rl_vf.actor import engine_for, eval_seeds
-from rl_vf.advantages import reinforce, returns_to_go
+from rl_vf.advantages import reinforce, returns_to_go, turn_starts
 from rl_vf.algos import ALGOS
 from rl_vf.branches import BranchPoint, first_action, mc_state_values, play_on, replay, take_actions
 from rl_vf.engine import Episode, RolloutBatch, RolloutEngine
@@ -110,11 +110,6 @@ def false_alarms(true_values: Sequence[float], critic_values: Sequence[float], l
 
 
 # ---- token geometry ------------------------------------------------------------------------------
-def turn_starts(action_mask: Sequence[int]) -> list[int]:
-    """Index of the first action token of every turn (a turn is a run of action tokens)."""
-    return [t for t, m in enumerate(action_mask) if m and (t == 0 or not action_mask[t - 1])]
-
-
 def at_turn_starts(x: torch.Tensor, mask: torch.Tensor) -> list[list[float]]:
     """Per row of (B, T) ``x``: its entries at the first action token of each turn."""
     return [[row[t] for t in turn_starts(m)] for row, m in zip(x.tolist(), mask.tolist())]

@@ -13,10 +13,14 @@ The token-level contract (masks, reward placement) is in DESIGN.md.
 With ``legal_only`` each action is sampled from the env's legal actions alone (rl_vf/legal.py).
 
 An episode starts from a reset seed, or mid-way from a ``Start`` (an env already in some state and
-the transcript that led there), which is how value diagnostics branch Monte-Carlo continuations.
+the transcript that led there, prefilled again) or a ``Fork`` (the same, with the transcript's KV
+cache already computed: its columns are copied in, nothing is prefilled twice). Branches
+(``rl_vf.branches``) use them for Monte-Carlo continuations; with ``snapshots`` the engine keeps a
+copy of each episode's env at the start of every turn to branch from.
 """
 from __future__ import annotations
 
+import copy
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ from typing import Callable, Sequence
 
 import gymnasium as gym
 import torch
+from gymnasium.utils import seeding
 from transformers.cache_utils import DynamicLayer
 
 from rl_vf import llama
@@ -52,6 +57,8 @@ class Episode:
     true_values: list[float] = field(default_factory=list)
     # (position, allowed token ids) of each action token sampled under legal-action decoding.
     legal: list[tuple[int, Key]] = field(default_factory=list)
+    # With ``RolloutEngine(snapshots=True)``: a copy of the (unwrapped) env at the start of every turn.
+    states: list[gym.Env] = field(default_factory=list)
 
     def record_step(self, reward: float, info: dict, done: bool) -> None:
         """An env step's outcome: its reward sits on the last action token (DESIGN.md)."""
@@ -86,6 +93,31 @@ class Start:
 
     env: gym.Env
     tokens: list[int]
+
+
+@dataclass
+class Fork:
+    """A ``Start`` whose transcript's KV cache is already computed (``rl_vf.branches.prefix_cache``):
+    ``kv`` holds, per layer of the policy LM, the keys and values (heads, n - 1, dim) of all but the
+    last of ``tokens``; that last token is fed with the first decode step. Only for an engine without
+    values (no separate critic's cache to fork). The caller owns ``env``; ``kv`` is only read."""
+
+    env: gym.Env
+    tokens: list[int]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def copy_env(env: gym.Env, seed: int | None = None) -> gym.Env:
+    """An independent copy of ``env``'s unwrapped env in its current state: its ``clone(seed)``
+    (``envs.base.TextEnv``), else a deep copy. With ``seed`` the copy's own randomness (an opponent)
+    is re-seeded, so continuations from one state differ."""
+    env = env.unwrapped
+    if callable(getattr(env, "clone", None)):
+        return env.clone(seed=seed)
+    twin = copy.deepcopy(env)
+    if seed is not None:
+        twin._np_random, twin._np_random_seed = seeding.np_random(seed)
+    return twin
 
 
 @dataclass
@@ -181,6 +213,7 @@ class RolloutEngine:
         legal_only: bool = False,
         values: bool = True,
         static_decode: bool | None = None,
+        snapshots: bool = False,
     ):
         self.policy = policy
         self.tokenizer = tokenizer
@@ -211,6 +244,7 @@ class RolloutEngine:
         # Without values a separate critic is not run (Policy.new_cache); episodes' values are then 0.
         self.values = values
         self.legal = LegalActions(lambda text: list(self.encode(text)), self.stop) if legal_only else None
+        self.snapshots = snapshots  # keep Episode.states (copies of the env at every turn's start)
 
     def close(self) -> None:
         for env in self.envs:
@@ -225,9 +259,10 @@ class RolloutEngine:
         return list(self.pool.map(lambda env, text: env.step(text), envs, texts))
 
     @torch.no_grad()
-    def collect(self, starts: Sequence[int | Start], generator: torch.Generator, greedy: bool = False) -> list[Episode]:
+    def collect(self, starts: Sequence[int | Start | Fork], generator: torch.Generator,
+                greedy: bool = False) -> list[Episode]:
         """Play ``len(starts)`` episodes; returns them in order. Episode i resets one of the engine's
-        envs with seed ``starts[i]``, or, for a ``Start``, plays on from its env and tokens."""
+        envs with seed ``starts[i]``, or, for a ``Start`` or ``Fork``, plays on from its env and tokens."""
         n = len(starts)
         episodes: list[Episode | None] = [None] * n
         own = self.envs[: min(len(self.envs), n)]  # each row's own env, for episodes that start from a seed
@@ -239,6 +274,7 @@ class RolloutEngine:
             pending.append(tokens)
         next_episode = len(envs)
         kv = _RowCache(self.policy, len(envs), self.device, self.max_action_tokens, self.values)
+        kv.insert({b: starts[b].kv for b in row_episode if isinstance(starts[b], Fork)})
 
         while row_episode:
             # Prefill every row's pending tokens as one right-padded chunk.
@@ -253,6 +289,9 @@ class RolloutEngine:
 
             # Step the envs; refill finished rows, or drop them once every episode has started.
             texts = [self.action_text(tuple(tokens)) for tokens, *_ in action]
+            if self.snapshots:
+                for b, env in enumerate(envs):
+                    episodes[row_episode[b]].states.append(copy_env(env))
             results = self._step(envs, texts)
             keep, fresh = [], []
             for b, (obs, reward, terminated, truncated, info) in enumerate(results):
@@ -278,6 +317,7 @@ class RolloutEngine:
                     keep.append(b)
                     fresh.append(b)
             kv.restart(fresh)
+            kv.insert({b: starts[row_episode[b]].kv for b in fresh if isinstance(starts[row_episode[b]], Fork)})
             if len(keep) < len(envs):
                 envs, own = [envs[b] for b in keep], [own[b] for b in keep]
                 row_episode = [row_episode[b] for b in keep]
@@ -285,10 +325,11 @@ class RolloutEngine:
                 kv.select(keep)
         return episodes
 
-    def _start(self, episodes: list, i: int, start: int | Start, own: gym.Env) -> tuple[gym.Env, list[int]]:
-        """Begin episode i: reset ``own`` with a seed, or take a Start's env. Returns the env to play
-        and the episode's first tokens (BOS + observation, or the Start's transcript)."""
-        if isinstance(start, Start):
+    def _start(self, episodes: list, i: int, start: int | Start | Fork, own: gym.Env) -> tuple[gym.Env, list[int]]:
+        """Begin episode i: reset ``own`` with a seed, or take a Start's or Fork's env. Returns the env to
+        play and the episode's tokens to prefill (BOS + observation, the Start's transcript, or the last
+        token of the Fork's, whose other tokens ``_RowCache.insert`` puts in the cache)."""
+        if isinstance(start, (Start, Fork)):
             env, tokens, seed, value = start.env, list(start.tokens), None, math.nan
         else:
             env, seed = own, start
@@ -296,7 +337,7 @@ class RolloutEngine:
             tokens, value = self.bos + list(self.encode(obs)), true_value(info)
         episodes[i] = Episode(seed=seed, true_values=[value])
         episodes[i].extend(tokens, is_action=False)
-        return env, tokens
+        return env, tokens[-1:] if isinstance(start, Fork) else tokens
 
     def _decode(self, kv: "_RowCache", logits, values, generator, greedy, tries=None) -> list[tuple]:
         """Sample one action per row until a stop token or the budget; with ``tries`` (one per row,
@@ -389,6 +430,27 @@ class _RowCache:
         """Room in every layer for ``tokens`` more columns; returns the key and value buffers."""
         end = self.attn.shape[1] + tokens
         return [buffer for layer in self.cache.layers for buffer in layer.reserve(end)]
+
+    def insert(self, kv: dict[int, list[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Append cached columns: row b gets the keys and values ``kv[b]`` (one (heads, n_b, dim) pair per
+        layer of the policy LM) as its next n_b columns and positions; other rows see none of them."""
+        if not kv:
+            return
+        if self.cache.critic is not None:
+            raise ValueError("a Fork carries the policy LM's cache only: collect forks with values=False")
+        rows, width = len(self.pos), max(pairs[0][0].shape[1] for pairs in kv.values())
+        real = torch.zeros(rows, width, dtype=torch.bool, device=self.pos.device)
+        for b, pairs in kv.items():
+            real[b, : pairs[0][0].shape[1]] = True
+        self.attn = torch.cat([self.attn, real], dim=1)
+        self.pos = self.pos + real.sum(1)
+        for i, (like, _) in enumerate(next(iter(kv.values()))):
+            keys = like.new_zeros(rows, like.shape[0], width, like.shape[2])
+            values = torch.zeros_like(keys)
+            for b, pairs in kv.items():
+                n = pairs[i][0].shape[1]
+                keys[b, :, :n], values[b, :, :n] = pairs[i]
+            self.cache.lm.update(keys, values, i)
 
     def restart(self, rows: list[int]) -> None:
         """Rows that begin a new episode forget their old columns and restart at position 0."""

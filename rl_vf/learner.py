@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rl_vf.advantages import returns_to_go
 from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, whiten
 from rl_vf.config import TrainConfig
 from rl_vf.engine import RolloutBatch
@@ -32,7 +33,13 @@ class Update:
 class Learner:
     """Trains ``policy`` (and its critic) on rollout batches with the algorithm's advantages.
 
-    ``generator`` shuffles minibatches (the run's one random stream, shared with the actor)."""
+    ``generator`` shuffles minibatches (the run's one random stream, shared with the actor).
+
+    Critic warm-up (algorithms with a critic): while ``cfg.critic_warmup_updates`` updates are left,
+    an update whose batch shows a value bias (``value/bias``, measured before the update on its
+    fresh episodes: held out from everything the critic was fitted to) above
+    ``cfg.critic_warmup_bias`` trains only the critic; the first batch within the tolerance ends
+    the warm-up and trains the policy as usual."""
 
     def __init__(self, policy, cfg: TrainConfig, device: torch.device, generator: torch.Generator):
         self.policy, self.cfg, self.device, self.generator = policy, cfg, device, generator
@@ -40,40 +47,43 @@ class Learner:
         if cfg.kl_coef > 0:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
             self.reference.critic = None  # only its logprobs are read
-        self.optimizer = adam(policy, cfg.lr)
+        self.optimizer = adam(policy, cfg.lr, critic_lr=cfg.critic_lr)
+        self.warmup_left = cfg.critic_warmup_updates
 
     def set_lr(self, update: int, total_updates: int) -> None:
         """The lr for update ``update``; computed from the update index, so resuming is exact."""
-        cfg = self.cfg
-        frac = 1 - update / total_updates if cfg.lr_schedule == "linear" else 1.0
+        frac = 1 - update / total_updates if self.cfg.lr_schedule == "linear" else 1.0
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * frac
+            group["lr"] = group["base_lr"] * frac
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(),
+        return {"optimizer": self.optimizer.state_dict(), "warmup_left": self.warmup_left,
                 "reference": self.reference.state_dict() if self.reference is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        self.warmup_left = state.get("warmup_left", 0)  # checkpoints from before the adaptive warm-up
         if self.reference is not None and state["reference"] is not None:
             self.reference.load_state_dict(state["reference"])
 
-    def update(self, batch: RolloutBatch, algo, critic_only: bool = False) -> Update:
+    def update(self, batch: RolloutBatch, algo, values: torch.Tensor | None = None) -> Update:
         """One update on ``batch``: ``cfg.epochs`` passes of minibatch steps on ``algo``'s loss.
 
-        ``critic_only`` (a critic warm-up update): the value loss alone, no policy gradient."""
+        ``values``: per-token values from branches (an algorithm that ``uses_branches``)."""
         cfg, policy = self.cfg, self.policy
         mask = batch.action_mask
         lengths = batch.attention_mask.sum(1)
         with torch.no_grad():
-            old = None
-            if self.scores_before_update(len(batch), algo):
-                old = score_batch(policy, batch, lengths, cfg.minibatch_size)
+            old = score_batch(policy, batch, lengths, cfg.minibatch_size) if self.scores_before_update(
+                len(batch), algo) else {}
+            if values is not None:
+                old["values"] = values
+            stats = value_stats(old["values"], batch, cfg.gamma) if "values" in old else {}
+            critic_only = self.warming_up(algo, stats)
             ref = None
             if self.reference is not None and not critic_only:
                 ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"]
             advantages, returns = algo.advantages(batch, old, cfg)
-            stats = {}
             if returns is not None:
                 stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
             if cfg.normalize_advantages:
@@ -90,9 +100,11 @@ class Learner:
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
                 for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device)):
-                    loss, terms = self.part_loss(batch, sl, algo, old, ref, advantages, returns, critic_only)
+                    loss, terms, parts = self.part_loss(batch, sl, algo, old, ref, advantages, returns, critic_only)
                     if not torch.isfinite(loss):
                         raise NonFiniteLoss({k: float(v.detach()) for k, v in terms.items()})
+                    if steps == 0 and not tokens:  # the first part of an update: what each term pulls with
+                        stats.update(grad_norms(parts, [p for p in policy.parameters() if p.requires_grad]))
                     (loss * weight).backward()
                     for k, v in terms.items():
                         step_terms[k] = step_terms.get(k, 0.0) + float(v.detach() * weight)
@@ -110,16 +122,27 @@ class Learner:
         stats["ppo/epochs"] = epoch + 1
         return Update(stats, tokens)
 
+    def warming_up(self, algo, stats: dict) -> bool:
+        """Whether this update is a critic warm-up update (see the class docstring); logs
+        ``critic/warmup`` (1 for a warm-up update) and counts the warm-up down."""
+        if not algo.uses_critic or self.warmup_left <= 0:
+            return False
+        warm = abs(stats["value/bias"]) > self.cfg.critic_warmup_bias
+        self.warmup_left = self.warmup_left - 1 if warm else 0
+        stats["critic/warmup"] = float(warm)
+        return warm
+
     def scores_before_update(self, batch_size: int, algo) -> bool:
         """Whether an update first scores its batch (old log-probs, values). Not for one optimizer step
         without a critic: the policy has not moved since sampling, so the old log-probs are the new
         ones, detached (part_loss); a scoring pass would only repeat them."""
         cfg = self.cfg
-        return algo.uses_critic or cfg.epochs > 1 or cfg.minibatch_size < batch_size
+        return algo.uses_critic or algo.uses_branches or cfg.epochs > 1 or cfg.minibatch_size < batch_size
 
-    def part_loss(self, batch: RolloutBatch, sl, algo, old: dict | None, ref: torch.Tensor | None,
-                  advantages: torch.Tensor, returns: torch.Tensor | None, critic_only: bool) -> tuple[torch.Tensor, dict]:
-        """The loss on one part ``sl`` of a minibatch, and its named terms (loss/*, ppo/* statistics).
+    def part_loss(self, batch: RolloutBatch, sl, algo, old: dict, ref: torch.Tensor | None, advantages: torch.Tensor,
+                  returns: torch.Tensor | None, critic_only: bool) -> tuple[torch.Tensor, dict, dict]:
+        """The loss on one part ``sl`` of a minibatch, its named terms (loss/*, ppo/* statistics) and
+        its parts as they enter the loss (each term times its weight, for ``grad_norms``).
 
         Every algorithm shares the policy terms (clipped policy gradient, entropy bonus, KL to the
         reference): arms differ only in their advantages and their own terms (``algo.loss_terms``).
@@ -129,30 +152,37 @@ class Learner:
         cfg, m = self.cfg, batch.action_mask[sl]
         if critic_only:
             new = self.policy.score_values(batch.tokens[sl], batch.attention_mask[sl])
-            loss, terms = 0.0, {}
+            terms, parts = {}, {}
         else:
             new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
-            old_logprobs = new["logprobs"].detach() if old is None else old["logprobs"][sl]
+            old_logprobs = old["logprobs"][sl] if "logprobs" in old else new["logprobs"].detach()
             pg, pg_stats = policy_loss(new["logprobs"], old_logprobs, advantages[sl], m, cfg.clip)
             entropy = masked_mean(new["entropy"], m)
             terms = {"loss/pg": pg, "loss/entropy": entropy, **{f"ppo/{k}": v for k, v in pg_stats.items()}}
-            loss = pg - cfg.ent_coef * entropy
+            parts = {"pg": pg, "entropy": -cfg.ent_coef * entropy}
         for name, (term, coef) in algo.loss_terms(new, old, returns, sl, m, cfg).items():
             terms[name] = term
-            loss = loss + coef * term
+            parts[name.removeprefix("loss/")] = coef * term
         if ref is not None:
             kl = kl_to_reference(new["logprobs"], ref[sl], m)
             terms["loss/kl"] = kl
-            loss = loss + cfg.kl_coef * kl
-        return loss, terms
+            parts["kl"] = cfg.kl_coef * kl
+        return sum(parts.values()), terms, parts
 
 
-def adam(module: torch.nn.Module, lr: float) -> torch.optim.Adam:
+def adam(module: torch.nn.Module, lr: float, critic_lr: float | None = None) -> torch.optim.Adam:
     """Adam over ``module``'s parameters; fused (one kernel for every parameter's update, not about
-    ten per parameter) on the devices torch fuses it for."""
+    ten per parameter) on the devices torch fuses it for. With ``critic_lr`` the value function's
+    parameters (``Policy.critic_parameters``) are a second group at that rate. Each group keeps its
+    rate in ``base_lr`` for the schedule."""
     params = list(module.parameters())
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused)
+    groups = [{"params": params, "base_lr": lr}]
+    if critic_lr is not None:
+        critic = {id(p) for p in module.critic_parameters()}
+        groups = [{"params": [p for p in params if id(p) not in critic], "base_lr": lr},
+                  {"params": [p for p in params if id(p) in critic], "base_lr": critic_lr}]
+    return torch.optim.Adam([{**g, "lr": g["base_lr"]} for g in groups], lr=lr, fused=fused)
 
 
 def clip_gradients(policy, max_norm: float) -> None:
@@ -197,6 +227,28 @@ def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int) 
                 out.setdefault(key, torch.zeros(batch.tokens.shape, dtype=value.dtype, device=value.device))
                 out[key][sl] = value
     return out
+
+
+def value_stats(values: torch.Tensor, batch: RolloutBatch, gamma: float) -> dict:
+    """How the values before an update (a critic's, or Monte-Carlo ones) match the batch's own
+    outcomes, the lambda-1 returns-to-go over action tokens: ``value/bias`` (mean V - return: the
+    offset explained variance cannot see) and ``value/explained_variance_mc``."""
+    mask = batch.action_mask
+    returns = returns_to_go(batch.rewards, mask, gamma)
+    m = mask.bool()
+    return {"value/bias": float((values[m] - returns[m]).mean()),
+            "value/explained_variance_mc": explained_variance(values, returns, mask)}
+
+
+def grad_norms(parts: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, float]:
+    """``grad_norm/<term>``: the norm of each loss part's gradient over ``params`` (each part as it
+    enters the loss, weight included, so the numbers compare); the graph is kept for the backward."""
+    norms = {}
+    for name, part in parts.items():
+        if part.requires_grad:
+            grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
+            norms[f"grad_norm/{name}"] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+    return norms
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

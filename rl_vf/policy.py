@@ -321,6 +321,11 @@ class Policy(nn.Module):
         critic = {id(p) for p in self.critic.parameters()}
         return [[p for p in self.parameters() if id(p) not in critic], list(self.critic.parameters())]
 
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The value function's parameters: the separate critic's, or the value head on a shared trunk
+        (the trunk is the policy's; ``critic_lr`` and the critic warm-up leave it to the policy)."""
+        return list((self.critic if self.critic is not None else self.value_head).parameters())
+
     def save_pretrained(self, path: str, tokenizer=None) -> None:
         self.lm.save_pretrained(path)
         save_value_head(self.value_head, path)

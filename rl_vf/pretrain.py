@@ -3,8 +3,10 @@
 Each env with a demonstrator (``TextEnv.demo_action``: its solver, heuristic or engine, mixed
 with random legal moves) plays ``demos`` episodes. The transcripts use exactly the token layout of
 the rollout engine (BOS, observation, action, stop token, observation, ...), so the policy learns
-the same conditional it will sample from in RL. The loss is the NLL of the action tokens plus, with
-``vf_coef > 0``, a value loss towards the demonstrations' reward-to-go (a pretrained critic).
+the same conditional it will sample from in RL. The loss is the NLL of the action tokens alone: the
+value function is left as initialised (DESIGN.md: a critic is fitted only to the returns of the
+policy being trained, never to the demonstrator's), and no separate critic is saved, so RL with
+``critic: separate`` starts its critic as a copy of the warm-started trunk.
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rl_vf.advantages import gae
 from rl_vf.algos.losses import masked_mean
 from rl_vf.config import ConfigError, TrainConfig, write_config
 from rl_vf.engine import Episode, RolloutBatch, stop_token_mask
@@ -85,6 +86,7 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
     device = resolve_device(cfg.device)
     env_info = open_env(cfg.env, cfg.env_kwargs)
     policy, tokenizer = policy_for_env(cfg.model, cfg, env_info)
+    policy.critic = None  # see the module docstring
     policy = policy.to(device)
     max_action_tokens = cfg.max_action_tokens or env_info.action_tokens
     env = env_info.make()
@@ -101,7 +103,6 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
     env.close()
     batch = RolloutBatch.from_episodes(episodes, tokenizer.pad_token_id).to(device)
     lengths = batch.attention_mask.sum(1)
-    _, reward_to_go = gae(batch.rewards, torch.zeros_like(batch.rewards), batch.action_mask, gamma=cfg.gamma, lam=1.0)
 
     optimizer = adam(policy, cfg.warm_start_lr)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -110,17 +111,15 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
     history = []
     policy.train()
     for epoch in range(cfg.warm_start_epochs):
-        totals = {"pretrain/nll": 0.0, "pretrain/vf_loss": 0.0}
+        totals = {"pretrain/nll": 0.0}
         for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
             optimizer.zero_grad(set_to_none=True)
             for sl, weight in minibatch_parts(lengths, batch.action_mask, idx.to(device)):
                 out = policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl))
                 mask = batch.action_mask[sl]
                 nll = -masked_mean(out["logprobs"], mask)
-                vf = 0.5 * masked_mean((out["values"] - reward_to_go[sl]) ** 2, mask)
-                ((nll + cfg.vf_coef * vf) * weight).backward()
+                (nll * weight).backward()
                 totals["pretrain/nll"] += float(nll.detach() * weight) / steps_per_epoch
-                totals["pretrain/vf_loss"] += float(vf.detach() * weight) / steps_per_epoch
             clip_gradients(policy, cfg.max_grad_norm)
             optimizer.step()
             bar.update()

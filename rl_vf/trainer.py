@@ -43,12 +43,14 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # samples where the logits are
         self.learner = Learner(self.policy, cfg, self.device, self.generator)
         self.actor = Actor(self.policy, self.tokenizer, cfg, env, eval_env, self.max_action_tokens, self.device,
-                           self.generator)
+                           self.generator, branching=self.algo.uses_branches)
         self.update_idx = 0
         self.episodes_done = 0
         self.wall_s = 0.0
         # Cumulative cost, for comparisons at equal compute (compare reads them off metrics.jsonl).
-        self.counters = {"train/env_steps": 0, "perf/generated_tokens": 0, "perf/trained_tokens": 0}
+        # perf/generated_tokens includes the branches' continuations (perf/branch_tokens of them).
+        self.counters = {"train/env_steps": 0, "perf/generated_tokens": 0, "perf/branch_tokens": 0,
+                         "perf/trained_tokens": 0}
 
     # ---- checkpoints -------------------------------------------------------------------
     def checkpoint_dir(self, name: str) -> str:
@@ -75,18 +77,27 @@ class Trainer:
         self.learner.load_state_dict(state)
         self.generator.set_state(state["generator"].cpu())  # a generator's state is a CPU tensor, even a CUDA one's
         self.update_idx, self.episodes_done, self.wall_s = state["update"], state["episodes"], state["wall_s"]
-        self.counters = dict(state["counters"])
+        self.counters = {**self.counters, **state["counters"]}
 
     # ---- one iteration -------------------------------------------------------------------
     def collect_batch(self) -> tuple[list[Episode], RolloutBatch]:
         """This update's episodes, played by the policy, and the batch of them on the trainer's device."""
         return self.actor.collect(self.update_idx)
 
-    def update(self, batch: RolloutBatch) -> Update:
-        """The learner's update on ``batch`` (the first ``critic_warmup_updates`` train only the critic)."""
-        critic_only = self.update_idx < self.cfg.critic_warmup_updates
+    def branch_values(self, episodes: list[Episode], batch: RolloutBatch) -> torch.Tensor | None:
+        """The values the algorithm asks the actor for (Monte-Carlo continuations), with their cost
+        counted as generated tokens; None for an algorithm without branches."""
+        if not self.algo.uses_branches:
+            return None
+        values, generated = self.actor.turn_values(episodes, batch.action_mask)
+        self.counters["perf/generated_tokens"] += generated
+        self.counters["perf/branch_tokens"] += generated
+        return values
+
+    def update(self, batch: RolloutBatch, values: torch.Tensor | None = None) -> Update:
+        """The learner's update on ``batch`` (with branch ``values`` where the algorithm uses them)."""
         try:
-            return self.learner.update(batch, self.algo, critic_only)
+            return self.learner.update(batch, self.algo, values)
         except NonFiniteLoss as e:
             raise self.diverged(e.terms) from None
 
@@ -109,8 +120,9 @@ class Trainer:
             t0 = time.perf_counter()
             self.learner.set_lr(self.update_idx, total_updates)
             episodes, batch = self.collect_batch()
+            values = self.branch_values(episodes, batch)
             t1 = time.perf_counter()
-            result = self.update(batch)
+            result = self.update(batch, values)
             t2 = time.perf_counter()
             self.update_idx += 1
             self.episodes_done += len(episodes)
@@ -160,9 +172,13 @@ class Trainer:
         return {**report.metrics, "perf/diag_s": time.perf_counter() - t0}, media
 
     def finish(self, log: MetricsLog) -> dict:
-        """Final evaluation, the final policy, summary.json and a few eval transcripts."""
+        """Final evaluation (as ``eval_greedy`` says, and sampled beside it: a greedy policy saturates
+        long before the sampled one does), the final policy, summary.json and a few eval transcripts."""
         cfg = self.cfg
         metrics, episodes = self.actor.evaluate(cfg.final_eval_episodes)
+        sampled = self.actor.evaluate(cfg.final_eval_episodes, greedy=False)[0] if cfg.eval_greedy else metrics
+        metrics["eval/success_rate_sampled"] = sampled["eval/success_rate"]
+        metrics["eval/return_mean_sampled"] = sampled["eval/return_mean"]
         final = self.checkpoint_dir("final")
         self.policy.save_pretrained(final, self.tokenizer)
         summary = {

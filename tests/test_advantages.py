@@ -54,26 +54,28 @@ def test_lam0_one_step_td_errors():
     values = t([[10.0, 1.0, 2.0, -7.0, 3.0, 4.0, 5.0]])
     rewards = t([[0, 0, 0.5, 0, 0, 1.0, 0]])
     adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.0)
-    # t=1: 0   + 1.0*V2      - V1 = 2 - 1           = 1.0   (same turn: discount 1)
-    # t=2: 0.5 + 0.9*V4      - V2 = 0.5 + 2.7 - 2   = 1.2   (turn boundary: gamma once)
-    # t=4: 0   + 1.0*V5      - V4 = 4 - 3           = 1.0
-    # t=5: 1.0 + 0.9*0       - V5 = 1 - 4           = -3.0  (terminated: next value 0)
-    close(adv, [[0, 1.0, 1.2, 0, 1.0, -3.0, 0]])
-    close(ret, [[0, 2.0, 3.2, 0, 4.0, 1.0, 0]])
+    # TD errors: t=1: 0 + 1.0*V2 - V1 = 1.0 (same turn: discount 1); t=2: 0.5 + 0.9*V4 - V2 = 1.2
+    # (turn boundary: gamma once); t=4: V5 - V4 = 1.0; t=5: 1.0 + 0.9*0 - V5 = -3.0 (terminated).
+    # lam = 0 cuts only at turn boundaries: inside a turn the advantages chain with lambda 1, so
+    # every token's advantage is its turn's one-step TD error r_k + gamma V(s_{k+1}) - V(t).
+    close(adv, [[0, 2.2, 1.2, 0, -2.0, -3.0, 0]])
+    close(ret, [[0, 3.2, 3.2, 0, 1.0, 1.0, 0]])
 
 
-def test_lam0_intermediate_lambda_by_hand():
-    # Same transcript, lam = 0.5: A_t = delta_t + discount_t * lam * A_next.
+def test_lambda_applies_once_per_turn_by_hand():
+    # Same transcript, lam = 0.5: A_t = delta_t + w_t * A_next, w = 1 inside a turn, gamma * lam at
+    # a boundary (DESIGN.md: lambda per turn, like gamma; never per token).
     mask = t([[0, 1, 1, 0, 1, 1, 0]])
     values = t([[10.0, 1.0, 2.0, -7.0, 3.0, 4.0, 5.0]])
     rewards = t([[0, 0, 0.5, 0, 0, 1.0, 0]])
     adv, _ = gae(rewards, values, mask, gamma=0.9, lam=0.5)
     a5 = -3.0
-    a4 = 1.0 + 1.0 * 0.5 * a5  # -0.5
-    a2 = 1.2 + 0.9 * 0.5 * a4  # 0.975
-    a1 = 1.0 + 1.0 * 0.5 * a2  # 1.4875
-    close(adv, [[0, a1, a2, 0, a4, a5, 0]])
-    close(adv, [[0, 1.4875, 0.975, 0, -0.5, -3.0, 0]])
+    a4 = 1.0 + a5  # -2.0: same turn, lambda 1 (per-token lambda would give 1.0 + 0.5 * a5 = -0.5)
+    a2 = 1.2 + 0.9 * 0.5 * a4  # 0.3: the turn boundary, gamma * lam once
+    a1 = 1.0 + a2  # 1.3
+    close(adv, [[0, 1.3, 0.3, 0, -2.0, -3.0, 0]])
+    # The closed form of DESIGN.md for token 1 of turn 0: r_0 + gamma V(s_1) - V(t) + gamma lam A(s_1).
+    assert abs(a1 - (0.5 + 0.9 * 3.0 - 1.0 + 0.9 * 0.5 * a4)) < 1e-9
 
 
 def _two_turn_transcript(n_obs_between, values_act, rewards_act, turn_lens=(2, 3)):
@@ -157,8 +159,9 @@ def test_bootstrap_discounted_like_next_turn():
     close(adv, [[0, 8.1, 7.1, 0, 6.0, 5.0, 0, 0]])
     # lam = 0: the last token's TD error uses gamma * b.
     adv0, _ = gae(rewards, values, mask, gamma=gamma, lam=0.0, bootstrap=b)
-    # t=1: V2 - V1 = 1; t=2: 1 + 0.9*3 - 2 = 1.7; t=4: 4 - 3 = 1; t=5: 0 + 9 - 4 = 5.
-    close(adv0, [[0, 1.0, 1.7, 0, 1.0, 5.0, 0, 0]])
+    # TD errors t=1: V2 - V1 = 1; t=2: 1 + 0.9*3 - 2 = 1.7; t=4: 4 - 3 = 1; t=5: 0 + 9 - 4 = 5;
+    # lam = 0 cuts at the turn boundary only: t=4: 1 + 5, t=1: 1 + 1.7.
+    close(adv0, [[0, 2.7, 1.7, 0, 6.0, 5.0, 0, 0]])
 
 
 def test_bootstrap_per_row_and_none_equals_zeros():
@@ -171,15 +174,15 @@ def test_bootstrap_per_row_and_none_equals_zeros():
     adv_n, ret_n = gae(rewards, values, mask, gamma=0.8, lam=0.9)
     adv_z, ret_z = gae(rewards, values, mask, gamma=0.8, lam=0.9, bootstrap=torch.zeros(2))
     assert torch.equal(adv_n, adv_z) and torch.equal(ret_n, ret_z)
-    # With lam = 0.9 the bootstrap reaches token k (within-episode discount d_k) as
-    # gamma * b * prod(gamma_boundaries * lam per step) -- check the difference by hand for row 0:
-    # row 0 action tokens 1, 2 (turn 0) and 4 (turn 1). Bootstrap term on token 4: 0.8*2 = 1.6;
-    # token 2: 0.8*lam * 1.6 = 1.152; token 1: 1*lam * 1.152 = 1.0368.
+    # With lam = 0.9 the bootstrap reaches a token as gamma * b * (gamma * lam) per turn boundary
+    # in between -- check the difference by hand for row 0: action tokens 1, 2 (turn 0) and 4
+    # (turn 1). Bootstrap term on token 4: 0.8*2 = 1.6; token 2: 0.8*0.9 * 1.6 = 1.152; token 1
+    # (same turn): 1.152.
     diff = adv_b - adv_n
-    close(diff[0], [0, 1.0368, 1.152, 0, 1.6, 0, 0])
-    # row 1 tokens 2 (turn 0), 4, 5, 6 (turn 1): token 6: 0.8*-3 = -2.4; 5: -2.16; 4: -1.944;
-    # token 2 (across a boundary): 0.8*0.9*-1.944 = -1.39968.
-    close(diff[1], [0, 0, -1.39968, 0, -1.944, -2.16, -2.4])
+    close(diff[0], [0, 1.152, 1.152, 0, 1.6, 0, 0])
+    # row 1 tokens 2 (turn 0), 4, 5, 6 (turn 1): tokens 6, 5, 4: 0.8*-3 = -2.4; token 2 (across a
+    # boundary): 0.8*0.9*-2.4 = -1.728.
+    close(diff[1], [0, 0, -1.728, 0, -2.4, -2.4, -2.4])
     assert torch.equal(adv_b[mask == 0], torch.zeros(int((mask == 0).sum())))
     assert torch.equal(ret_b[mask == 0], torch.zeros(int((mask == 0).sum())))
 

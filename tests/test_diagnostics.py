@@ -11,7 +11,7 @@ import torch
 from envs.base import TextEnv, text_space
 from rl_vf import branches
 from rl_vf import diagnostics as dg
-from rl_vf.advantages import returns_to_go
+from rl_vf.advantages import returns_to_go, turn_starts
 from rl_vf.cli import main
 from rl_vf.engine import RolloutEngine, action_token_mask
 from rl_vf.metrics_log import read_metrics
@@ -50,7 +50,7 @@ def test_returns_to_go_and_value_bias_by_turn():
     returns = returns_to_go(rewards, mask, gamma=0.5)
     # gamma once per turn: row 0 turn 0 gets 0.5 + 0.5 * 1.0; row 1 turn 0 gets 0.5^2 * -1.
     assert returns.tolist() == [[0, 0, 1.0, 1.0, 0, 1.0, 0], [0, 0, -0.25, 0, -0.5, 0, -1.0]]
-    assert dg.turn_starts(mask[0].tolist()) == [2, 5] and dg.turn_starts(mask[1].tolist()) == [2, 4, 6]
+    assert turn_starts(mask[0].tolist()) == [2, 5] and turn_starts(mask[1].tolist()) == [2, 4, 6]
     bias = dg.value_bias_by_turn(values, returns, mask)
     # turn 0: (1 - 1) and (0 + 0.25); turn 1: (2 - 1) and (-0.5 + 0.5); turn 2: (-3 + 1) only.
     assert bias == pytest.approx([0.125, 0.5, -2.0])
@@ -122,7 +122,7 @@ def test_mc_value_matches_the_exact_value(digit_policy):
     policy, tok = digit_policy
     engine = RolloutEngine(policy, tok, CoinPick, num_envs=256, max_action_tokens=1)
     episode = engine.collect([7], torch.Generator().manual_seed(0))[0]
-    start = dg.turn_starts(episode.action_mask)[1]
+    start = turn_starts(episode.action_mask)[1]
     point = branches.BranchPoint(7, 1, episode.tokens[:start], 0.0, 0.5, branches.replay(CoinPick, episode, 1)[0])
     with torch.no_grad():
         logits = policy(torch.tensor([point.tokens]))[0][0, -1]

@@ -14,8 +14,8 @@ class Algorithm:
 
     def advantages(self, batch, scores: dict | None, cfg) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token ``(advantages, returns)`` (returns: value targets, or None without a critic).
-        ``scores``: the batch scored before the update (``learner.score_batch``; None where the
-        learner skips that pass), plus ``values`` from branches for an algorithm that uses them."""
+        ``scores``: the batch scored before the update (``learner.score_batch``; empty where the
+        learner skips that pass), with ``values`` from branches for an algorithm that uses them."""
         raise NotImplementedError
 
     def loss_terms(self, new: dict, old: dict | None, returns: torch.Tensor | None, sl, mask: torch.Tensor,

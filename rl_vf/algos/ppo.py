@@ -13,7 +13,7 @@ class PPO(Algorithm):
     uses_critic = True
 
     def advantages(self, batch, scores: dict, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token (advantages, returns) from the value head's estimates (DESIGN.md GAE).
+        """Per-token (advantages, returns) from the critic's estimates (DESIGN.md GAE, per turn).
 
         The advantages are GAE with ``cfg.lam``; the returns (value targets) GAE with ``cfg.lam_critic``
         (decoupled GAE, VC-PPO/VAPO), or with ``cfg.lam`` too when it is None. Truncated episodes
