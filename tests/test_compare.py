@@ -231,6 +231,21 @@ def test_no_run_reaches_a_threshold_of_zero():
     assert all(np.isinf(c).all() for axis in eff["crossings"].values() for c in axis.values())
 
 
+def test_a_fixed_target_replaces_the_fraction_of_the_best():
+    """--target: every run is timed to the same fixed level, whatever the best variant reached."""
+    def rows(curve):
+        return [{"train/episodes": 100 * (i + 1), "train/env_steps": 300 * (i + 1),
+                 "perf/generated_tokens": 900 * (i + 1), "train/success_rate": x} for i, x in enumerate(curve)]
+
+    slow, fast = [0.1, 0.3, 0.5, 0.7, 0.85, 0.9, 0.9], [0.5, 0.8, 0.9, 0.95, 0.95, 0.95, 0.95]
+    done = {"a": [compare.Run(seed=0, summary={}, rows=rows(slow))], "b": [compare.Run(seed=0, summary={}, rows=rows(fast))]}
+    fraction = compare.sample_efficiency(done, "train/success_rate", 0.5)
+    fixed = compare.sample_efficiency(done, "train/success_rate", 0.5, target=0.8)
+    assert fraction["level"] == pytest.approx(0.5 * 0.95) and fixed["level"] == 0.8
+    # The smoothed curves (3-update means) of b and a first reach 0.8 at updates 4 and 6.
+    assert fixed["crossings"]["train/episodes"]["b"][0] == 400 and fixed["crossings"]["train/episodes"]["a"][0] == 600
+
+
 def test_a_metric_saturated_for_every_variant_is_flagged(tmp_path):
     """Every run at >= 0.99: the report says the final metric cannot separate the variants."""
     results = compare.write_report(synthetic_comparison(tmp_path / "all", [1.0] * 5, [1.0, 0.995, 1.0, 1.0, None]))

@@ -25,8 +25,9 @@ def hand_batch():
 
     Values at the action tokens are 0.5, 0.2 and 0.1; with gamma 1 the TD errors are
     -0.3 (0 + 0.2 - 0.5), 0.4 (0.5 + 0.1 - 0.2) and 0.9 (1 - 0.1).
-    lam 0: advantages = TD errors, returns = [0.2, 0.6, 1.0];
-    lam 1: advantages = [1.0, 1.3, 0.9], returns = the return-to-go [1.5, 1.5, 1.0].
+    lam 0 (per turn: the first turn's tokens still chain with lambda 1): advantages = [0.1, 0.4, 0.9],
+    returns = [0.6, 0.6, 1.0]; lam 1: advantages = [1.0, 1.3, 0.9], returns = the return-to-go
+    [1.5, 1.5, 1.0].
     """
     batch = SimpleNamespace(
         rewards=torch.tensor([[0.0, 0.0, 0.5, 0.0, 1.0]]),
@@ -39,9 +40,9 @@ def hand_batch():
 
 
 @pytest.mark.parametrize("lam,lam_critic,advantages,returns", [
-    (0.0, 1.0, [-0.3, 0.4, 0.9], [1.5, 1.5, 1.0]),
-    (1.0, 0.0, [1.0, 1.3, 0.9], [0.2, 0.6, 1.0]),
-    (0.0, None, [-0.3, 0.4, 0.9], [0.2, 0.6, 1.0]),  # None: the value targets use lam
+    (0.0, 1.0, [0.1, 0.4, 0.9], [1.5, 1.5, 1.0]),
+    (1.0, 0.0, [1.0, 1.3, 0.9], [0.6, 0.6, 1.0]),
+    (0.0, None, [0.1, 0.4, 0.9], [0.6, 0.6, 1.0]),  # None: the value targets use lam
     (1.0, None, [1.0, 1.3, 0.9], [1.5, 1.5, 1.0]),
 ])
 def test_decoupled_gae_by_hand(lam, lam_critic, advantages, returns):
@@ -54,8 +55,9 @@ def test_decoupled_gae_by_hand(lam, lam_critic, advantages, returns):
 
 # ---- the update ----------------------------------------------------------------------------------
 def trainer_with_batch(tmp_path, **overrides):
-    cfg = make_config(dict(env="TicTacToe-v0", algo="ppo", episodes_per_update=16, num_envs=16, minibatch_size=8,
-                           epochs=2, seed=1, **SMALL, **overrides))
+    """A trainer (no critic warm-up unless asked for) and one collected batch."""
+    cfg = make_config({"env": "TicTacToe-v0", "algo": "ppo", "episodes_per_update": 16, "num_envs": 16, "minibatch_size": 8,
+                       "epochs": 2, "seed": 1, **SMALL, "critic_warmup_updates": 0, **overrides})
     t = Trainer(cfg, str(tmp_path))
     _, batch = t.collect_batch()
     return t, batch
@@ -81,7 +83,8 @@ def test_lam_critic_equal_to_lam_is_the_coupled_update(tmp_path):
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])
 def test_critic_warmup_trains_only_the_value_function(tmp_path, critic):
-    t, batch = trainer_with_batch(tmp_path, critic=critic, critic_warmup_updates=2)
+    # A tolerance of 0: no batch is ever within it, so both warm-up updates happen (the cap).
+    t, batch = trainer_with_batch(tmp_path, critic=critic, critic_warmup_updates=2, critic_warmup_bias=0.0)
     policy = t.policy
     value_function = policy.value_head if critic == "shared" else policy.critic
     actor_start, value_start = params(policy.lm), params(value_function)
@@ -92,13 +95,54 @@ def test_critic_warmup_trains_only_the_value_function(tmp_path, critic):
         t.update_idx += 1
         assert same(params(policy.lm), actor_start)
         assert "loss/vf" in warmups[-1].stats and "loss/pg" not in warmups[-1].stats
+        assert warmups[-1].stats["critic/warmup"] == 1.0 and "value/bias" in warmups[-1].stats
     assert not same(params(value_function), value_start)
     full = t.update(batch)
     assert "loss/pg" in full.stats and not same(params(policy.lm), actor_start)
+    assert "critic/warmup" not in full.stats  # the cap is spent: no more warm-up
     if critic == "separate":
         assert same(params(policy.value_head), own_head)  # the policy LM's own head is never trained
     # A separate critic doubles the trained tokens of a full update; a warm-up trains one model.
     assert full.tokens == warmups[0].tokens * (2 if critic == "separate" else 1)
+
+
+def test_critic_warmup_ends_once_the_bias_is_within_the_tolerance(tmp_path):
+    t, batch = trainer_with_batch(tmp_path, critic_warmup_updates=5, critic_warmup_bias=1e9)
+    start = params(t.policy.lm)
+    result = t.update(batch)
+    assert result.stats["critic/warmup"] == 0.0 and "loss/pg" in result.stats and not same(params(t.policy.lm), start)
+    assert t.learner.warmup_left == 0
+
+
+def test_bias_measures_values_against_the_lambda_one_return(tmp_path):
+    from rl_vf.learner import value_stats
+
+    batch, old = hand_batch()  # return-to-go at the action tokens: 1.5, 1.5, 1.0; V: 0.5, 0.2, 0.1
+    stats = value_stats(old["values"], batch, gamma=1.0)
+    assert stats["value/bias"] == pytest.approx(((0.5 - 1.5) + (0.2 - 1.5) + (0.1 - 1.0)) / 3)
+    shifted = value_stats(old["values"] + 0.25 * batch.action_mask, batch, gamma=1.0)
+    assert shifted["value/bias"] == pytest.approx(stats["value/bias"] + 0.25)  # an offset shows in the bias,
+    assert shifted["value/explained_variance_mc"] == pytest.approx(stats["value/explained_variance_mc"])  # not here
+
+
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_critic_lr_is_a_second_parameter_group(tmp_path, critic):
+    t, _ = trainer_with_batch(tmp_path, critic=critic, lr=1e-3, critic_lr=5e-3)
+    policy_group, critic_group = t.learner.optimizer.param_groups
+    assert (policy_group["lr"], critic_group["lr"]) == (1e-3, 5e-3)
+    assert {id(p) for p in critic_group["params"]} == {id(p) for p in t.policy.critic_parameters()}
+    assert len(policy_group["params"]) + len(critic_group["params"]) == len(list(t.policy.parameters()))
+    t.learner.set_lr(1, 4)  # the linear schedule scales both
+    assert [g["lr"] for g in t.learner.optimizer.param_groups] == pytest.approx([0.75e-3, 3.75e-3])
+
+
+def test_grad_norms_of_each_loss_term(tmp_path):
+    t, batch = trainer_with_batch(tmp_path)
+    stats = t.update(batch).stats
+    assert {"grad_norm/pg", "grad_norm/entropy", "grad_norm/vf"} <= set(stats)
+    assert all(stats[k] > 0 for k in ("grad_norm/pg", "grad_norm/vf"))
+    reinforce, rbatch = trainer_with_batch(tmp_path / "r", algo="reinforce")
+    assert "grad_norm/vf" not in reinforce.update(rbatch).stats
 
 
 # ---- the separate critic -------------------------------------------------------------------------
@@ -174,13 +218,15 @@ def test_separate_critic_resume_is_exact(tmp_path):
 
 # ---- config, CLI and compare ---------------------------------------------------------------------
 def test_variant_config_and_names(tmp_path, capsys):
-    assert make_config({}).lam_critic is None
+    assert make_config({}).lam_critic == 1.0
     assert make_config({"lam_critic": "none"}).lam_critic is None
     assert make_config({"lam_critic": None}).lam_critic is None  # config.yaml writes null
     assert make_config({"lam_critic": "1"}).lam_critic == 1.0
     for bad, needle in [({"critic": "both"}, "unknown critic 'both'"), ({"lam_critic": 1.5}, "lam_critic"),
                         ({"critic_warmup_updates": -1}, "critic_warmup_updates"),
-                        ({"algo": "reinforce", "critic": "separate"}, "need a value function")]:
+                        ({"algo": "reinforce", "critic": "separate"}, "needs a learned value function"),
+                        ({"algo": "vine", "critic": "separate"}, "needs a learned value function"),
+                        ({"critic_lr": 0}, "critic_lr"), ({"vine_rollouts": 0}, "vine_rollouts")]:
         with pytest.raises(ConfigError, match=needle):
             make_config(bad)
     text = "ppo,critic=separate,lam_critic=1.0,critic_warmup_updates=5"

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import tests.toy_env  # noqa: F401  (registers PickThree-v0)
@@ -68,6 +69,23 @@ def test_pretrain_teaches_the_expert_and_train_starts_from_it(tmp_path, capsys):
     assert read_metrics(run / "metrics.jsonl")[0]["train/success_rate"] > 0.8
     policy, _ = load_policy(str(out / "checkpoints" / "final"))
     assert policy.config.hidden_size == 32
+
+
+def test_the_warm_start_leaves_the_value_function_as_initialised(tmp_path):
+    """A critic is fitted only to the returns of the policy being trained (DESIGN.md): the warm start
+    trains the LM alone and saves no separate critic (even for a run with one); its value head is
+    still the zero init, and the RL run's separate critic starts from the warm-started trunk."""
+    run = tmp_path / "rl"
+    assert main(["train", "--env", "tests.toy_env:PickThree-v0", "--warm-start-demos", "64", "--warm-start-epochs", "2",
+                 "--warm-start-expert-prob", "1", "--minibatch-size", "32", "--critic", "separate",
+                 "--total-episodes", "16", "--episodes-per-update", "16", "--final-eval-episodes", "8",
+                 "--eval-every", "0", "--wandb", "disabled", "--out", str(run), *SMALL]) == 0
+    warm = run / "warm_start"
+    policy, _ = load_policy(str(warm / "checkpoints" / "final"))
+    assert policy.critic is None
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in policy.value_head.parameters())
+    nll = [r["pretrain/nll"] for r in read_metrics(warm / "metrics.jsonl")]
+    assert nll[-1] < nll[0] and set(read_metrics(warm / "metrics.jsonl")[0]) == {"epoch", "pretrain/nll"}
 
 
 def test_train_with_warm_start_demos_pretrains_first(tmp_path):

@@ -121,3 +121,27 @@ def test_an_env_without_clone_is_deep_copied_and_one_that_cannot_be_copied_is_re
     check_branchable(Plain, "Plain-v0")
     with pytest.raises(ConfigError, match="Locked-v0.*cannot be copied"):
         check_branchable(Locked, "Locked-v0")
+
+
+def test_vine_trains_and_pays_for_its_continuations(tmp_path):
+    """A vine run: Monte-Carlo values on every update, their tokens counted as generated, sampled
+    success beside greedy in the summary, no critic."""
+    import json
+
+    from rl_vf.cli import main
+    from rl_vf.metrics_log import read_metrics
+
+    run = tmp_path / "vine"
+    assert main(["train", "--env", "KeyToDoor-v0", "--env-kwargs", '{"delay": 2}', "--algo", "vine",
+                 "--vine-rollouts", "2", "--total-episodes", "32", "--episodes-per-update", "16", "--num-envs", "16",
+                 "--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64", "--threads", "1",
+                 "--final-eval-episodes", "8", "--eval-every", "0", "--wandb", "disabled", "--out", str(run)]) == 0
+    rows = read_metrics(run / "metrics.jsonl")
+    for row in rows:
+        assert row["perf/branch_tokens"] > 0 and "value/bias" in row and "loss/vf" not in row
+    # K continuations from every turn's state, each at least one token: branch tokens >= K x env steps.
+    assert rows[-1]["perf/branch_tokens"] >= 2 * rows[-1]["train/env_steps"]
+    assert rows[-1]["perf/generated_tokens"] - rows[-1]["perf/branch_tokens"] >= rows[-1]["train/env_steps"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert {"eval/success_rate", "eval/success_rate_sampled"} <= set(summary)
+    assert not (run / "checkpoints" / "final" / "critic").exists()
