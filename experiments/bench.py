@@ -556,7 +556,8 @@ def update_tok_s(size: str, episodes: int, device: torch.device, threads: int, r
     for algo in ("ppo", "reinforce"):
         cfg = TrainConfig(algo=algo, episodes_per_update=episodes, num_envs=episodes, device=device.type,
                           threads=threads, hidden_size=tiny.hidden_size, layers=tiny.layers, heads=tiny.heads,
-                          intermediate_size=tiny.intermediate_size).validate()
+                          intermediate_size=tiny.intermediate_size,
+                          critic_warmup_updates=0).validate()  # a full ppo update, not a critic-only one
         trainer = Trainer(cfg, run_dir)  # same seed, so both start from the same weights
         if batch is None:
             engine = RolloutEngine(trainer.policy, trainer.tokenizer, tictactoe, episodes, trainer.max_action_tokens,

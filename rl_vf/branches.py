@@ -28,7 +28,7 @@ class BranchPoint:
     tokens: list[int]  # the transcript up to the state's first action token
     value: float  # the critic's V of the state
     token_fraction: float  # where the state sits in its episode, by tokens
-    env: gym.Env  # unwrapped, at the state; only cloned, never stepped
+    env: gym.Env  # at the state (a hidden TimeLimit's steps left included); only copied, never stepped
 
 
 def replay(make_env: Callable[[], gym.Env], episode: Episode, turns: int) -> tuple[gym.Env, str]:
@@ -132,6 +132,10 @@ def turn_values(engine: RolloutEngine, episodes: list[Episode], k: int, gamma: f
         forks, turns = [], []
         for b, episode in enumerate(chunk):
             starts = turn_starts(episode.action_mask)
+            if len(starts) != len(episode.states):
+                raise ValueError(f"an episode of {len(starts)} turns has {len(episode.states)} env snapshots: "
+                                 f"play it with RolloutEngine(snapshots=True), and every observation must be "
+                                 f"at least one token")
             turns.append(len(starts))
             for start, state in zip(starts, episode.states):
                 kv = [(keys[b, :, : start - 1], vals[b, :, : start - 1]) for keys, vals in layers]

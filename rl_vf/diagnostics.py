@@ -352,7 +352,7 @@ def monte_carlo(engine: RolloutEngine, make_env, episodes: list[Episode], critic
             diverged += 1
             continue
         points.append(BranchPoint(episode.seed, turn, episode.tokens[:start], values[turn], start / len(episode.tokens),
-                                  env.unwrapped))
+                                  env))
     if not points:
         return {**dict.fromkeys(MC_METRICS, math.nan), "value/mc_replay_diverged": diverged}, {}
     mc, continuations = mc_state_values(engine, points, cfg.diag_rollouts, cfg.gamma, generator, rng)

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import gymnasium as gym
 import torch
 from gymnasium.utils import seeding
+from gymnasium.wrappers import TimeLimit
 from transformers.cache_utils import DynamicLayer
 
 from rl_vf import llama
@@ -110,14 +111,23 @@ class Fork:
 def copy_env(env: gym.Env, seed: int | None = None) -> gym.Env:
     """An independent copy of ``env``'s unwrapped env in its current state: its ``clone(seed)``
     (``envs.base.TextEnv``), else a deep copy. With ``seed`` the copy's own randomness (an opponent)
-    is re-seeded, so continuations from one state differ."""
-    env = env.unwrapped
-    if callable(getattr(env, "clone", None)):
-        return env.clone(seed=seed)
-    twin = copy.deepcopy(env)
-    if seed is not None:
-        twin._np_random, twin._np_random_seed = seeding.np_random(seed)
-    return twin
+    is re-seeded, so continuations from one state differ. A ``TimeLimit`` around ``env`` (a limit the
+    agent cannot see) comes along with the steps it has left, so a continuation is truncated where
+    the episode would have been; other wrappers do not."""
+    inner = env.unwrapped
+    if callable(getattr(inner, "clone", None)):
+        twin = inner.clone(seed=seed)
+    else:
+        twin = copy.deepcopy(inner)
+        if seed is not None:
+            twin._np_random, twin._np_random_seed = seeding.np_random(seed)
+    while isinstance(env, gym.Wrapper) and not isinstance(env, TimeLimit):
+        env = env.env
+    if not isinstance(env, TimeLimit):
+        return twin
+    limited = TimeLimit(twin, env._max_episode_steps)
+    limited._elapsed_steps = env._elapsed_steps or 0
+    return limited
 
 
 @dataclass

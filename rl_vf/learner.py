@@ -61,7 +61,10 @@ class Learner:
                 "reference": self.reference.state_dict() if self.reference is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
+        rates = [group["base_lr"] for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, rate in zip(self.optimizer.param_groups, rates):  # the config's (--lr on a resume)
+            group["base_lr"] = rate
         self.warmup_left = state.get("warmup_left", 0)  # checkpoints from before the adaptive warm-up
         if self.reference is not None and state["reference"] is not None:
             self.reference.load_state_dict(state["reference"])
@@ -78,7 +81,8 @@ class Learner:
                 len(batch), algo) else {}
             if values is not None:
                 old["values"] = values
-            stats = value_stats(old["values"], batch, cfg.gamma) if "values" in old else {}
+            has_values = algo.uses_critic or algo.uses_branches
+            stats = value_stats(old["values"], batch, cfg.gamma) if has_values else {}
             critic_only = self.warming_up(algo, stats)
             ref = None
             if self.reference is not None and not critic_only:

@@ -120,8 +120,9 @@ class Trainer:
             t0 = time.perf_counter()
             self.learner.set_lr(self.update_idx, total_updates)
             episodes, batch = self.collect_batch()
-            values = self.branch_values(episodes, batch)
             t1 = time.perf_counter()
+            values = self.branch_values(episodes, batch)
+            branch_s = time.perf_counter() - t1
             result = self.update(batch, values)
             t2 = time.perf_counter()
             self.update_idx += 1
@@ -139,10 +140,12 @@ class Trainer:
                 **result.stats,
                 "train/lr": self.learner.optimizer.param_groups[0]["lr"],
                 "perf/rollout_tokens_per_s": rollout_tokens / (t1 - t0),
-                "perf/update_tokens_per_s": result.tokens / (t2 - t1),
+                "perf/update_tokens_per_s": result.tokens / (t2 - t1 - branch_s),
                 "perf/wall_s": self.wall_s,
                 **self.counters,
             }
+            if self.algo.uses_branches:
+                row["perf/branch_s"] = branch_s
             if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
                 row.update(self.actor.evaluate(cfg.eval_episodes)[0])
             media = {}

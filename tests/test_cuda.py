@@ -15,7 +15,8 @@ from rl_vf.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (these check the GPU path)")
 CUDA = torch.device("cuda")
-SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled")
+SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled",
+             critic_warmup_updates=0)  # one full update, not a critic-only one
 
 
 @pytest.fixture(scope="module", params=["shared", "separate"])

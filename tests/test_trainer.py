@@ -9,7 +9,9 @@ from rl_vf.learner import length_buckets, score_batch
 from rl_vf.trainer import Trainer
 
 # fp32 also on a GPU (where auto means bf16): these compare two computations to 1e-5.
-SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled", precision="fp32")
+# No critic warm-up: these check what one full update does.
+SMALL = dict(hidden_size=32, layers=1, heads=2, intermediate_size=64, threads=1, wandb="disabled", precision="fp32",
+             critic_warmup_updates=0)
 
 
 def test_length_buckets_partition_with_bounded_padding():

@@ -145,3 +145,22 @@ def test_vine_trains_and_pays_for_its_continuations(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert {"eval/success_rate", "eval/success_rate_sampled"} <= set(summary)
     assert not (run / "checkpoints" / "final" / "critic").exists()
+
+
+class Endless(Ladder):
+    """Pays 1 a step and ends by itself only after 20 steps: a hidden TimeLimit ends it first."""
+
+    REWARDS = (1.0,) * 20
+
+
+def test_a_hidden_time_limit_comes_along_into_the_copies(policy):
+    from gymnasium.wrappers import TimeLimit
+
+    policy, tok = policy
+    engine = RolloutEngine(policy, tok, lambda: TimeLimit(Endless(), 3), num_envs=2, max_action_tokens=2,
+                           values=False, snapshots=True)
+    episodes = engine.collect([0, 1], torch.Generator().manual_seed(0))
+    assert [(len(e.actions), e.truncated, e.ret) for e in episodes] == [(3, True, 3.0)] * 2
+    values, _ = branches.turn_values(engine, episodes, 2, 1.0, torch.Generator().manual_seed(1),
+                                     np.random.default_rng(0))
+    assert values == [[3.0, 2.0, 1.0]] * 2  # the limit's steps left, not the env's own 20
