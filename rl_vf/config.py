@@ -93,7 +93,8 @@ class TrainConfig:
                                      "value/bias, measured on its fresh episodes before the update, is above "
                                      "critic_warmup_bias; their episodes count", 8)
     critic_warmup_bias: float = doc("ppo: the critic warm-up ends at the first batch whose |value/bias| is at most "
-                                    "this", 0.05)
+                                    "this, or at most twice its standard error over the batch's episodes "
+                                    "(value/bias_se), whichever is larger", 0.05)
     vine_rollouts: int = doc("vine: K continuations of the current policy from each turn's state; V is their "
                              "mean return", 4)
     baseline: str = doc(f"REINFORCE baseline: {' | '.join(BASELINES)}", "mean")

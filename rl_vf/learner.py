@@ -37,9 +37,11 @@ class Learner:
 
     Critic warm-up (algorithms with a critic): while ``cfg.critic_warmup_updates`` updates are left,
     an update whose batch shows a value bias (``value/bias``, measured before the update on its
-    fresh episodes: held out from everything the critic was fitted to) above
-    ``cfg.critic_warmup_bias`` trains only the critic; the first batch within the tolerance ends
-    the warm-up and trains the policy as usual."""
+    fresh episodes: held out from everything the critic was fitted to) above the tolerance trains
+    only the critic; the first batch within it ends the warm-up and trains the policy as usual. The
+    tolerance is ``cfg.critic_warmup_bias`` or twice the bias's standard error over the batch's
+    episodes (``value/bias_se``), whichever is larger: with noisy returns no critic can show a
+    smaller bias on one batch (KeyToDoor with distractor noise: 0.15-0.25 from batch to batch)."""
 
     def __init__(self, policy, cfg: TrainConfig, device: torch.device, generator: torch.Generator):
         self.policy, self.cfg, self.device, self.generator = policy, cfg, device, generator
@@ -131,7 +133,7 @@ class Learner:
         ``critic/warmup`` (1 for a warm-up update) and counts the warm-up down."""
         if not algo.uses_critic or self.warmup_left <= 0:
             return False
-        warm = abs(stats["value/bias"]) > self.cfg.critic_warmup_bias
+        warm = abs(stats["value/bias"]) > max(self.cfg.critic_warmup_bias, 2 * stats["value/bias_se"])
         self.warmup_left = self.warmup_left - 1 if warm else 0
         stats["critic/warmup"] = float(warm)
         return warm
@@ -236,11 +238,14 @@ def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int) 
 def value_stats(values: torch.Tensor, batch: RolloutBatch, gamma: float) -> dict:
     """How the values before an update (a critic's, or Monte-Carlo ones) match the batch's own
     outcomes, the lambda-1 returns-to-go over action tokens: ``value/bias`` (mean V - return: the
-    offset explained variance cannot see) and ``value/explained_variance_mc``."""
+    offset explained variance cannot see), its standard error ``value/bias_se`` (over episodes:
+    the tokens of one episode share its noise) and ``value/explained_variance_mc``."""
     mask = batch.action_mask
     returns = returns_to_go(batch.rewards, mask, gamma)
     m = mask.bool()
-    return {"value/bias": float((values[m] - returns[m]).mean()),
+    per_episode = ((values - returns) * mask).sum(1) / mask.sum(1).clamp(min=1)
+    se = float(per_episode.std() / len(per_episode) ** 0.5) if len(per_episode) > 1 else float("inf")
+    return {"value/bias": float((values[m] - returns[m]).mean()), "value/bias_se": se,
             "value/explained_variance_mc": explained_variance(values, returns, mask)}
 
 

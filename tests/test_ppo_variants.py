@@ -123,6 +123,10 @@ def test_bias_measures_values_against_the_lambda_one_return(tmp_path):
     shifted = value_stats(old["values"] + 0.25 * batch.action_mask, batch, gamma=1.0)
     assert shifted["value/bias"] == pytest.approx(stats["value/bias"] + 0.25)  # an offset shows in the bias,
     assert shifted["value/explained_variance_mc"] == pytest.approx(stats["value/explained_variance_mc"])  # not here
+    # Its standard error is over episodes: per-episode mean errors -1.0667 and -0.5667 -> sd 0.3536 / sqrt(2).
+    two = SimpleNamespace(rewards=batch.rewards.repeat(2, 1), action_mask=batch.action_mask.repeat(2, 1))
+    values = torch.cat([old["values"], old["values"] + 0.5 * batch.action_mask])
+    assert value_stats(values, two, gamma=1.0)["value/bias_se"] == pytest.approx(0.25, abs=1e-4)
 
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])
