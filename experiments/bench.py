@@ -4,7 +4,7 @@
                                 [--threads N] [--device auto|cpu|cuda] [--out FILE]
 
 Prints one table per section to stdout (progress goes to stderr) and, as the last stdout line,
-one JSON object with every figure (README "Benchmark" lists the keys). Two model sizes: the
+one JSON object with every figure (docs/benchmark.md lists the keys). Two model sizes: the
 built-in tiny model (``TinyConfig()``, the trainer's default) and a ~10M-parameter config of the
 same character-level Llama. Every comparison uses one model, one batch and one sampling rule
 (plain multinomial at temperature 1: no top-k, no top-p, no action constraint).
@@ -112,7 +112,7 @@ class Scale:
     trl_prompts: int = 8
     trl_generations: int = 8
     trl_steps: int = 32
-    trl_lr: float = 3e-4  # Arithmetic-v0's RL default: 1e-3 undoes a warm start (README, Arithmetic results)
+    trl_lr: float = 3e-4  # Arithmetic-v0's RL default: 1e-3 undoes a warm start (docs/results.md, Arithmetic-v0)
     trl_demos: int = 2000  # the warm start both trainers begin from (Arithmetic-v0's default)
     update_episodes: tuple = (("tiny", 256), ("10m", 64))
     train_episodes: int = 2048  # the RSS run: two updates of the default 1024 episodes
@@ -647,7 +647,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="sections:\n" + "".join(f"  {k:<10} {v}\n" for k, v in SECTIONS.items())
-                                + "\nThe JSON keys are listed in README.md (section Benchmark).")
+                                + "\nThe JSON keys are listed in docs/benchmark.md.")
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections to run (default: all)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

@@ -213,13 +213,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-# Defaults that an env overrides, tuned and measured per env (README "Results"). They sit between
+# Defaults that an env overrides, tuned and measured per env (docs/results.md). They sit between
 # the dataclass defaults and the user's --config file and flags; config.yaml records the result.
 ENV_DEFAULTS: dict[str, dict] = {
     # Episodes are ~4x longer than tic-tac-toe's: a warm start on the solver's games skips learning the
     # rules by trial and error, and smaller batches give more updates in the 15 minutes. A window of 32
     # tokens (one board and the move before it) makes the latest board what the policy reads: imitation
-    # of the expert's moves reached NLL 0.31 instead of 0.62 (README "Results: ConnectFour-v0"). A
+    # of the expert's moves reached NLL 0.31 instead of 0.62 (docs/results.md, ConnectFour-v0). A
     # discount of 0.7 per turn (a sooner win scores more) took all 6 seeded runs to 0.80 (gamma 1: 3 of 6).
     "ConnectFour-v0": {"total_episodes": 10_240, "episodes_per_update": 512, "warm_start_demos": 4000,
                        "warm_start_expert_prob": 1.0, "attention_window": 32, "gamma": 0.7},
@@ -231,7 +231,7 @@ ENV_DEFAULTS: dict[str, dict] = {
     # smaller updates after a warm start on the reference solutions, which are one line of at most
     # ~90 characters (128 tokens instead of the action space's 512 stops runaway samples early).
     # lr 1e-3 undid the warm start here too (greedy success 0.59 -> 0.34, 62% invalid programs); at
-    # 3e-4 RL keeps it but does not improve on it yet (README).
+    # 3e-4 RL keeps it but does not improve on it yet (docs/results.md).
     # A character model does not learn to spell legal chess moves from a few thousand games (99.7% of
     # greedy KQK games ended on an illegal move); sampling among the legal moves lets it learn which.
     "ChessEndgame-v0": {"constrain_actions": "legal"},

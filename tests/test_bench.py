@@ -26,10 +26,9 @@ def load_bench():
 
 
 def documented_keys(gpu: bool) -> set[str]:
-    """Every JSON key README's Benchmark table documents, placeholders expanded (the "GPU only" ones
-    where ``gpu``)."""
-    readme = open(os.path.join(ROOT, "README.md")).read()
-    section = readme.split("\n## Benchmark\n", 1)[1].split("\n## ", 1)[0]
+    """Every JSON key docs/benchmark.md's key table documents, placeholders expanded (the "GPU only"
+    ones where ``gpu``)."""
+    section = open(os.path.join(ROOT, "docs", "benchmark.md")).read().split("\n## ", 1)[0]
     keys = set()
     for pattern, meaning in re.findall(r"^\| `([^`]+)` \| ([^|]*)\|", section, flags=re.M):
         if meaning.startswith("GPU only") and not gpu:

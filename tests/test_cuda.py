@@ -1,5 +1,5 @@
 """The GPU path: the engine and the trainer on a CUDA device. Skipped where torch sees no GPU (CI);
-run where one is lent (README "Running on a GPU")."""
+run where one is lent (docs/benchmark.md, "Running the benchmark on a GPU")."""
 import copy
 import json
 
