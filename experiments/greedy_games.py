@@ -14,11 +14,15 @@ def parse_args(doc: str) -> argparse.Namespace:
     return p.parse_args()
 
 
-def greedy_games(env_id: str, args: argparse.Namespace) -> tuple[Checkpoint, dict, list]:
-    """``(checkpoint, eval metrics, episodes)``: ``args.episodes`` greedy games on ``env_id`` with the
-    run's env arguments, on one CPU thread."""
+def open_on_cpu(env_id: str, args: argparse.Namespace) -> Checkpoint:
+    """``args.checkpoint`` for ``env_id`` with the run's env arguments, on one CPU thread."""
     torch.set_num_threads(1)
-    c = open_checkpoint(argparse.Namespace(checkpoint=args.checkpoint, env=env_id, env_kwargs=None, device="cpu",
-                                           max_action_tokens=None))
+    return open_checkpoint(argparse.Namespace(checkpoint=args.checkpoint, env=env_id, env_kwargs=None, device="cpu",
+                                              max_action_tokens=None))
+
+
+def greedy_games(env_id: str, args: argparse.Namespace) -> tuple[Checkpoint, dict, list]:
+    """``(checkpoint, eval metrics, episodes)``: ``args.episodes`` greedy games on ``env_id``."""
+    c = open_on_cpu(env_id, args)
     metrics, episodes = play(c, args, greedy=True)
     return c, metrics, episodes

@@ -21,7 +21,7 @@ WANDB_MODES = ("offline", "online", "disabled")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("constant", "linear")
-CRITICS = ("shared", "separate")
+CRITICS = ("auto", "shared", "separate")
 CONSTRAINTS = ("none", "charset", "legal")
 
 
@@ -85,7 +85,9 @@ class TrainConfig:
                                    "as lam", 1.0)
     critic: str = doc("ppo value function: shared (a value head on the policy LM's trunk) | separate (a second model "
                       "of the same architecture with its own value head, starting as a copy of the policy's; saved in "
-                      "checkpoints/*/critic/; each trained token then counts twice in perf/trained_tokens)", "shared")
+                      "checkpoints/*/critic/; each trained token then counts twice in perf/trained_tokens) | auto "
+                      "(separate for ppo, measured faster than shared: docs/results.md; shared for algorithms "
+                      "without a learned critic, which leave it unused)", "auto")
     critic_lr: float | None = doc("Adam learning rate of the value function (ppo: the separate critic, or the value "
                                   "head on a shared trunk); none: lr", None)
     critic_warmup_updates: int = doc("ppo: at most N updates at the start train only the value function (no policy "
@@ -143,6 +145,8 @@ class TrainConfig:
         choice(self.constrain_actions, CONSTRAINTS, "constrain_actions")
         choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         choice(self.critic, CRITICS, "critic")
+        if self.critic == "auto":  # resolved here, so config.yaml records the value function the run had
+            self.critic = "separate" if ALGOS[self.algo].uses_critic else "shared"
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
                      "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size", "warm_start_epochs",
                      "diag_episodes", "diag_states", "diag_rollouts", "env_threads", "vine_rollouts"):

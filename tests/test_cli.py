@@ -67,9 +67,9 @@ def test_resume_is_exact(tmp_path, algo):
 
 def test_resume_refuses_to_change_what_the_checkpoints_belong_to(tmp_path, capsys):
     assert main(ttt_args(tmp_path / "run", 32)) == 0
-    assert main(["train", "--resume", str(tmp_path / "run"), "--critic", "separate", "--layers", "3"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "run"), "--critic", "shared", "--layers", "3"]) == 2
     err = capsys.readouterr().err
-    assert "critic='shared' (asked: 'separate'), layers=1 (asked: 3)" in err and "Traceback" not in err
+    assert "critic='separate' (asked: 'shared'), layers=1 (asked: 3)" in err and "Traceback" not in err
 
 
 def test_crash_resume_with_linear_lr_is_exact(tmp_path):

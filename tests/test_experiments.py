@@ -122,3 +122,33 @@ def test_chess_endgame_mistakes_replays_games_and_sorts_their_endings(tmp_path):
     result = json.loads(proc.stdout.splitlines()[-1])
     assert sum(v for k, v in result.items() if k.startswith("end_")) == 6
     assert result["end_out_of_moves"] >= 1 and 0 <= result["mate_in_one_missed_rate"] <= 1
+
+
+def test_hung_queen_finds_hanging_moves_and_reads_the_critic_inside_them(tmp_path):
+    import chess
+
+    sys.path.insert(0, os.path.join(ROOT, "experiments"))
+    try:
+        from hung_queen import action_spans, hangs_queen
+    finally:
+        sys.path.pop(0)
+    from rl_vf.config import make_config
+    from rl_vf.actor import open_env, policy_for_env
+
+    board = chess.Board("4k3/8/8/8/8/8/8/3QK3 w - - 0 1")
+    assert hangs_queen(board, chess.Move.from_uci("d1d7"))  # next to the king, too far for ours to defend
+    assert not hangs_queen(board, chess.Move.from_uci("d1d2"))  # defended by our king
+    assert not hangs_queen(board, chess.Move.from_uci("d1a4"))  # out of the king's reach
+    assert action_spans([0, 1, 1, 0, 0, 1, 0, 1]) == [(1, 2), (5, 5), (7, 7)]
+
+    cfg = make_config({"env": "ChessEndgame-v0", "env_kwargs": {"compact": True, "max_moves": 6},
+                       "constrain_actions": "legal"})
+    policy, tokenizer = policy_for_env("tiny", cfg, open_env(cfg.env, cfg.env_kwargs))
+    policy.save_pretrained(str(tmp_path / "run" / "checkpoints" / "final"), tokenizer)
+    (tmp_path / "run" / "config.yaml").write_text(json.dumps(cfg.to_dict()))
+    proc = subprocess.run([sys.executable, "experiments/hung_queen.py", "--checkpoint", str(tmp_path / "run"),
+                           "--episodes", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["episodes"] == 8 and result["moves"] >= 8
+    assert 0 <= result["queen_taken"] <= result["hanging_moves"] <= result["moves"]
