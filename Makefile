@@ -13,11 +13,12 @@ DEMOS   ?=
 SEEDS   ?= 5
 ALGOS   ?= ppo reinforce reinforce:rloo
 SUITE   ?= experiments/suite.yaml
+STUDY   ?= experiments/study.yaml
 
 TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
 	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
 
-.PHONY: install system-deps test test-slow train pretrain eval compare suite bench help
+.PHONY: install system-deps test test-slow train pretrain eval compare suite study bench help
 
 help:
 	@echo "make install                 system-deps, then create .venv and install rl_vf (editable) with its deps"
@@ -28,6 +29,7 @@ help:
 	@echo "make pretrain ENV=.. DEMOS=N warm-start a policy on the env's demonstrations (vars: ENV SEED MODEL OUT CONFIG ARGS)"
 	@echo "make compare ENV=.. SEEDS=5 ALGOS=\"ppo reinforce:rloo\"  variants x seeds, then a report (vars: EPISODES OUT ARGS)"
 	@echo "make suite [SUITE=experiments/suite.yaml]  several comparisons and a cross-task summary (vars: OUT ARGS)"
+	@echo "make study [ARGS=--quick]    the crossover study: where a value function starts to pay (vars: STUDY OUT ARGS)"
 	@echo "make eval CHECKPOINT=DIR     evaluate a checkpoint or run folder (vars: ENV EPISODES ARGS)"
 	@echo "make bench [ARGS=--quick]    engine vs naive generate vs trl, decode roofline, update speed (experiments/bench.py)"
 
@@ -58,6 +60,9 @@ compare:
 
 suite:
 	$(PY) -m rl_vf suite --config $(SUITE) --wandb $(WANDB) $(if $(OUT),--out $(OUT)) $(ARGS)
+
+study:
+	$(PY) -m rl_vf sweep --config $(STUDY) --wandb $(WANDB) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 eval:
 	$(PY) -m rl_vf eval --checkpoint $(CHECKPOINT) $(if $(filter command line,$(origin ENV)),--env $(ENV)) \

@@ -11,6 +11,8 @@ _ENTRY_POINTS = {
     "Arithmetic-v0": "envs.arithmetic:ArithmeticEnv",
     "Countdown-v0": "envs.countdown:CountdownEnv",
     "KeyToDoor-v0": "envs.key_to_door:KeyToDoorEnv",
+    "Decisions-v0": "envs.decisions:DecisionsEnv",
+    "DoomedStep-v0": "envs.doomed_step:DoomedStepEnv",
 }
 
 ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)

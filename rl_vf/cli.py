@@ -1,4 +1,4 @@
-"""Command line: ``python -m rl_vf train|eval|diagnose|pretrain|compare|suite`` (also installed as ``rl-vf``)."""
+"""Command line: ``python -m rl_vf train|eval|diagnose|pretrain|compare|suite|sweep`` (also installed as ``rl-vf``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 import time
 from typing import NamedTuple
 
-from rl_vf import compare
+from rl_vf import compare, sweep
 from rl_vf.config import ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, flag, load_yaml, make_config
 
 DEFAULTS = TrainConfig()
@@ -120,12 +120,13 @@ def diagnose_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rl-vf", description="Credit assignment for LM policies: PPO with a value "
                                      "head vs final-outcome REINFORCE on Gymnasium text envs.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,diagnose,pretrain,compare,suite}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,diagnose,pretrain,compare,suite,sweep}")
     train_parser(sub)
     eval_parser(sub)
     diagnose_parser(sub)
     pretrain_parser(sub)
     compare.add_parsers(sub)
+    sweep.add_parser(sub)
     return parser
 
 

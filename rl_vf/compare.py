@@ -147,6 +147,7 @@ class Comparison:
     threshold: float = 0.8
     wandb: str = "offline"
     target: float | None = None  # a fixed sample-efficiency threshold (replaces threshold x best)
+    group: str | None = None  # wandb group of its runs (None: the comparison's name; a sweep shares one)
 
     @property
     def name(self) -> str:
@@ -157,7 +158,7 @@ class Comparison:
 
     def run_config(self, variant: Variant, seed: int) -> dict:
         return {"env": self.env, "env_kwargs": self.env_kwargs, "seed": seed, **self.common, **variant.overrides,
-                "threads": 1, "wandb": self.wandb, "wandb_group": self.name, "wandb_job_type": variant.name,
+                "threads": 1, "wandb": self.wandb, "wandb_group": self.group or self.name, "wandb_job_type": variant.name,
                 "out": self.run_dir(variant, seed)}
 
 
@@ -237,28 +238,30 @@ def log_tail(path: str, lines: int = 12) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
-def run_all(comp: Comparison, jobs: int) -> list[str]:
-    """Train every run without a summary.json, ``jobs`` at a time; returns the failed runs."""
-    pairs = [(v, s) for v in comp.variants for s in comp.seeds]
-    todo = [(v, s) for v, s in pairs if not finished(comp.run_dir(v, s))]
-    print(f"{comp.name}: {len(pairs) - len(todo)} of {len(pairs)} runs already finished; "
+def run_all(comps: list[Comparison], jobs: int, desc: str) -> list[str]:
+    """Train every run of ``comps`` without a summary.json, ``jobs`` at a time (across comparisons);
+    returns the failed runs."""
+    runs = [(c, v, s) for c in comps for v in c.variants for s in c.seeds]
+    todo = [(c, v, s) for c, v, s in runs if not finished(c.run_dir(v, s))]
+    print(f"{desc}: {len(runs) - len(todo)} of {len(runs)} runs already finished; "
           f"running {len(todo)}, {jobs} at a time", file=sys.stderr)
     failed = []
-    with tqdm(total=len(pairs), initial=len(pairs) - len(todo), unit="run", desc=comp.name) as bar, \
+    with tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=desc) as bar, \
             ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(launch, comp, v, s): (v, s) for v, s in todo}
+        futures = {pool.submit(launch, c, v, s): (c, v, s) for c, v, s in todo}
         for future in as_completed(futures):
-            v, s = futures[future]
+            c, v, s = futures[future]
             code, seconds = future.result()
-            run_dir = comp.run_dir(v, s)
+            run_dir = c.run_dir(v, s)
+            where = f"{c.name} " if len(comps) > 1 else ""
             if code == 0 and finished(run_dir):
                 with open(os.path.join(run_dir, "summary.json")) as f:
-                    score = json.load(f).get(comp.metric)
+                    score = json.load(f).get(c.metric)
                 shown = "not in summary.json" if score is None else f"{score:.3f}"
-                bar.write(f"{v.name} s{s}: done in {seconds / 60:.1f} min, {comp.metric}={shown}")
+                bar.write(f"{where}{v.name} s{s}: done in {seconds / 60:.1f} min, {c.metric}={shown}")
             else:
-                failed.append(f"{v.name} s{s}")
-                bar.write(f"{v.name} s{s}: FAILED (exit {code}); end of {os.path.join(run_dir, LOG)}:\n"
+                failed.append(f"{where}{v.name} s{s}")
+                bar.write(f"{where}{v.name} s{s}: FAILED (exit {code}); end of {os.path.join(run_dir, LOG)}:\n"
                           + log_tail(os.path.join(run_dir, LOG)))
             bar.update()
     return failed
@@ -536,7 +539,7 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
 
 def run_comparison(comp: Comparison, jobs: int) -> tuple[int, dict]:
     """Run what is missing, write the report; exit code 1 if a run failed."""
-    failed = run_all(comp, jobs)
+    failed = run_all([comp], jobs, comp.name)
     results = write_report(comp)
     pages = [os.path.join(comp.out, p) for p in [*results["plots"].values(), "report.html"]]
     log_report(comp.out, comp.name, comp.wandb,
