@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -127,7 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_parser(sub)
     compare.add_parsers(sub)
     sweep.add_parser(sub)
+    parser.set_defaults(commands=sub.choices)
     return parser
+
+
+def unrecognized(args: argparse.Namespace, extra: list[str]) -> str:
+    """The error for arguments the command does not take, with the closest of its flags."""
+    flags = [o for a in args.commands[args.command]._actions for o in a.option_strings if o.startswith("--")]
+    lines = []
+    for arg in [a for a in extra if a.startswith("-")] or extra:  # a flag's value is not worth a line
+        near = difflib.get_close_matches(arg.split("=")[0], flags, n=3) if arg.startswith("-") else []
+        lines.append(f"unrecognized argument {arg!r}" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    return f"{'; '.join(lines)}; see rl-vf {args.command} --help"
 
 
 def default_run_dir(cfg, kind: str | None = None) -> str:
@@ -329,7 +341,10 @@ def print_warm_start(summary: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        print(f"rl-vf {args.command}: error: {unrecognized(args, extra)}", file=sys.stderr)
+        return 2
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "diagnose": cmd_diagnose, "pretrain": cmd_pretrain}
         return commands[args.command](args) if args.command in commands else args.func(args)

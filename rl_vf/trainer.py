@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 
 import torch
@@ -113,6 +114,11 @@ class Trainer:
     def train(self, log: MetricsLog) -> dict:
         cfg = self.cfg
         total_updates = math.ceil(cfg.total_episodes / cfg.episodes_per_update)
+        played = total_updates * cfg.episodes_per_update
+        if played != cfg.total_episodes and self.update_idx == 0:
+            print(f"note: total_episodes {cfg.total_episodes} is not a multiple of episodes_per_update "
+                  f"{cfg.episodes_per_update}; training plays {played} episodes in {total_updates} whole updates "
+                  f"(summary.json records train/episodes)", file=sys.stderr)
         bar = tqdm(total=total_updates * cfg.episodes_per_update, initial=self.episodes_done, unit="ep",
                    desc=f"{cfg.algo} {cfg.env}", dynamic_ncols=True, mininterval=1.0)
         self.policy.train()

@@ -208,3 +208,20 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path, capsys, argv, needle
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()  # nothing written for a run that never started
+
+
+def test_a_budget_that_is_not_whole_batches_is_rounded_up_with_a_notice(tmp_path, capsys):
+    assert main(ttt_args(tmp_path / "run", 40)) == 0
+    err = capsys.readouterr().err
+    assert ("note: total_episodes 40 is not a multiple of episodes_per_update 32; training plays 64 episodes in "
+            "2 whole updates") in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["train/episodes"], summary["updates"]) == (64, 2)
+
+
+def test_an_unknown_flag_names_the_closest_ones_of_its_command(capsys):
+    assert main(["train", "--lrr", "3", "--episodez", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rl-vf train: error: unrecognized argument '--lrr' (did you mean --lr")
+    assert "'--episodez' (did you mean" in err and "--total-episodes" in err and err.strip().endswith("--help")
+    assert "'3'" not in err and "Traceback" not in err
