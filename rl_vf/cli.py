@@ -115,7 +115,8 @@ def diagnose_parser(sub) -> None:
                    help="distinct actions ranked per state "
                         f"(default: the run's diag_actions, else {DEFAULTS.diag_actions})")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out episodes and sampling (default: 0)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: CHECKPOINT/diagnostics)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: RUN/diagnose/<checkpoint name> for a "
+                   "checkpoint of a run, else CHECKPOINT-diagnose beside it; never inside the checkpoint)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +309,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         print(f"note: this policy was trained with {cfg.algo}, which does not train the value head", file=sys.stderr)
     report = diagnostics.diagnose(c.policy, c.tokenizer, c.env_info.make, cfg, torch.Generator(device=c.device).manual_seed(args.seed),
                                   c.max_action_tokens, c.device)
-    out = args.out or os.path.join(c.path, "diagnostics")
+    out = args.out or diagnose_dir(c.path)
     diagnostics.write_maps(report, out)
     row = {"checkpoint": c.path, "env": c.env, **diagnostics.report_row(report)}
     with open(os.path.join(out, "diagnostics.json"), "w") as f:
@@ -316,6 +317,16 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     print(json.dumps({k: v for k, v in row.items() if not isinstance(v, (list, dict))}, indent=2))
     print(f"maps and per-position arrays: {out}", file=sys.stderr)
     return 0
+
+
+def diagnose_dir(checkpoint: str) -> str:
+    """Where ``diagnose`` writes by default: beside the run's checkpoints, not inside one (a checkpoint
+    folder stays what ``save_pretrained`` wrote)."""
+    path = os.path.normpath(checkpoint)
+    parent = os.path.dirname(path)
+    if os.path.basename(parent) == "checkpoints":
+        return os.path.join(os.path.dirname(parent), "diagnose", os.path.basename(path))
+    return path + "-diagnose"
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

@@ -18,10 +18,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicLayer
+from transformers.utils import logging as hf_logging
 
 from rl_vf import llama
 from rl_vf.legal import allowed_mask
 from rl_vf.tokenizer import DEFAULT_CHARS, char_tokenizer
+
+# transformers draws a bar for every shard it writes or loads: noise on every checkpoint of a run.
+hf_logging.disable_progress_bar()
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 CRITIC_DIR = "critic"  # a separate critic's folder inside a checkpoint

@@ -194,7 +194,7 @@ class Trainer:
             "env": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "updates": self.update_idx,
             "train/episodes": self.episodes_done, "perf/wall_s": self.wall_s,
             "eval/episodes": cfg.final_eval_episodes, **metrics, **success_ci(metrics, cfg.final_eval_episodes),
-            "checkpoint": final,
+            "checkpoint": os.path.abspath(final),
         }
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -247,3 +247,12 @@ def test_diagnose_bad_input_exits_2(ppo_run, tmp_path, capsys, argv, needle):
     assert main(["diagnose", *argv, "--out", str(tmp_path / "out")]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_diagnose_writes_beside_the_checkpoints_not_inside_one(tmp_path):
+    from rl_vf.cli import diagnose_dir
+
+    run = tmp_path / "run"
+    assert diagnose_dir(str(run / "checkpoints" / "final")) == str(run / "diagnose" / "final")
+    assert diagnose_dir(str(run / "checkpoints" / "update_000004") + "/") == str(run / "diagnose" / "update_000004")
+    assert diagnose_dir(str(tmp_path / "my_model")) == str(tmp_path / "my_model-diagnose")
