@@ -165,7 +165,7 @@ RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "critic", "critic_lr", "hid
 def cmd_train(args: argparse.Namespace) -> int:
     from rl_vf.metrics_log import MetricsLog
     from rl_vf.config import write_config
-    from rl_vf.trainer import Trainer, TrainingDiverged
+    from rl_vf.trainer import Interrupted, Trainer, TrainingDiverged
 
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
     file_layer = load_yaml(args.config) if args.config else {}
@@ -205,6 +205,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"rl-vf: training stopped: {e}", file=sys.stderr)
         return 1
+    except Interrupted as e:
+        print(f"rl-vf: {e}\nresume with: rl-vf train --resume {run_dir}", file=sys.stderr)
+        return 130
     finally:
         log.close()
         trainer.close()
@@ -362,3 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rl-vf: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a training loop's safe points, or a second Ctrl-C
+        print("\nrl-vf: interrupted", file=sys.stderr)
+        return 130

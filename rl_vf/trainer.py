@@ -4,11 +4,14 @@ The actor plays (``rl_vf.actor``), the learner trains (``rl_vf.learner``), the a
 credit is assigned (``rl_vf.algos``); the trainer only runs the loop and keeps the run folder."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -24,6 +27,14 @@ from rl_vf.metrics_log import MetricsLog
 from rl_vf.policy import load_policy
 
 STATE_FILE = "trainer_state.pt"
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the run at the end of an update, after saving a resumable checkpoint."""
+
+    def __init__(self, update: int, checkpoint: str):
+        super().__init__(f"interrupted after update {update}; checkpoint {checkpoint}")
+        self.update, self.checkpoint = update, checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -122,50 +133,59 @@ class Trainer:
         bar = tqdm(total=total_updates * cfg.episodes_per_update, initial=self.episodes_done, unit="ep",
                    desc=f"{cfg.algo} {cfg.env}", dynamic_ncols=True, mininterval=1.0)
         self.policy.train()
-        while self.update_idx < total_updates:
-            t0 = time.perf_counter()
-            self.learner.set_lr(self.update_idx, total_updates)
-            episodes, batch = self.collect_batch()
-            t1 = time.perf_counter()
-            values = self.branch_values(episodes, batch)
-            branch_s = time.perf_counter() - t1
-            result = self.update(batch, values)
-            t2 = time.perf_counter()
-            self.update_idx += 1
-            self.episodes_done += len(episodes)
-            self.wall_s += t2 - t0
-            rollout_tokens = int(batch.attention_mask.sum())
-            self.counters["train/env_steps"] += sum(len(e.actions) for e in episodes)
-            self.counters["perf/generated_tokens"] += int(batch.action_mask.sum())
-            self.counters["perf/trained_tokens"] += result.tokens
-            row = {
-                "update": self.update_idx,
-                "train/episodes": self.episodes_done,
-                **episode_metrics(episodes, "train"),
-                "train/episode_len_tokens": rollout_tokens / len(episodes),
-                **result.stats,
-                "train/lr": self.learner.optimizer.param_groups[0]["lr"],
-                "perf/rollout_tokens_per_s": rollout_tokens / (t1 - t0),
-                "perf/update_tokens_per_s": result.tokens / (t2 - t1 - branch_s),
-                "perf/wall_s": self.wall_s,
-                **self.counters,
-            }
-            if self.algo.uses_branches:
-                row["perf/branch_s"] = branch_s
-            if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
-                row.update(self.actor.evaluate(cfg.eval_episodes)[0])
-            media = {}
-            if self.algo.uses_critic and cfg.diag_every and self.update_idx % cfg.diag_every == 0:
-                diag, media = self.diagnose()
-                row.update(diag)
-            log.write(row, media)
-            bar.update(len(episodes))
-            bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
-                            inv=f"{row['train/invalid_action_rate']:.2f}", refresh=False)
-            if self.update_idx % cfg.checkpoint_every == 0 or self.update_idx == total_updates:
-                self.save_checkpoint()
+        with stop_on_ctrl_c() as stop:
+            while self.update_idx < total_updates:
+                self.train_one(log, bar, total_updates)
+                if stop.requested and self.update_idx < total_updates:
+                    bar.close()
+                    raise Interrupted(self.update_idx, self.save_checkpoint())
         bar.close()
         return self.finish(log)
+
+    def train_one(self, log: MetricsLog, bar: tqdm, total_updates: int) -> None:
+        """Collect one batch, update on it, log and checkpoint (as the schedule says)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self.learner.set_lr(self.update_idx, total_updates)
+        episodes, batch = self.collect_batch()
+        t1 = time.perf_counter()
+        values = self.branch_values(episodes, batch)
+        branch_s = time.perf_counter() - t1
+        result = self.update(batch, values)
+        t2 = time.perf_counter()
+        self.update_idx += 1
+        self.episodes_done += len(episodes)
+        self.wall_s += t2 - t0
+        rollout_tokens = int(batch.attention_mask.sum())
+        self.counters["train/env_steps"] += sum(len(e.actions) for e in episodes)
+        self.counters["perf/generated_tokens"] += int(batch.action_mask.sum())
+        self.counters["perf/trained_tokens"] += result.tokens
+        row = {
+            "update": self.update_idx,
+            "train/episodes": self.episodes_done,
+            **episode_metrics(episodes, "train"),
+            "train/episode_len_tokens": rollout_tokens / len(episodes),
+            **result.stats,
+            "train/lr": self.learner.optimizer.param_groups[0]["lr"],
+            "perf/rollout_tokens_per_s": rollout_tokens / (t1 - t0),
+            "perf/update_tokens_per_s": result.tokens / (t2 - t1 - branch_s),
+            "perf/wall_s": self.wall_s,
+            **self.counters,
+        }
+        if self.algo.uses_branches:
+            row["perf/branch_s"] = branch_s
+        if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
+            row.update(self.actor.evaluate(cfg.eval_episodes)[0])
+        media = {}
+        if self.algo.uses_critic and cfg.diag_every and self.update_idx % cfg.diag_every == 0:
+            diag, media = self.diagnose()
+            row.update(diag)
+        log.write(row, media)
+        bar.update(len(episodes))
+        bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
+                        inv=f"{row['train/invalid_action_rate']:.2f}", refresh=False)
+        if self.update_idx % cfg.checkpoint_every == 0 or self.update_idx == total_updates:
+            self.save_checkpoint()
 
     def diagnose(self) -> tuple[dict, dict]:
         """Value diagnostics on held-out episodes: writes ``diagnostics/`` in the run folder. Returns the
@@ -207,3 +227,29 @@ class Trainer:
 
     def close(self) -> None:
         self.actor.close()
+
+
+class _StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c():
+    """While training: the first Ctrl-C asks the loop to stop at the end of the update (it then saves
+    a checkpoint); a second one interrupts at once. Only the main thread can take signals, so
+    elsewhere (a test's thread) Ctrl-C keeps its default."""
+    stop = _StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def request(signum, frame):
+        stop.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nstopping after this update to save a checkpoint (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -225,3 +225,29 @@ def test_an_unknown_flag_names_the_closest_ones_of_its_command(capsys):
     assert err.startswith("rl-vf train: error: unrecognized argument '--lrr' (did you mean --lr")
     assert "'--episodez' (did you mean" in err and "--total-episodes" in err and err.strip().endswith("--help")
     assert "'3'" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_resume_finishes(tmp_path):
+    """A real SIGINT to a training process: it stops after the update it is in, saves, exits 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rl_vf", *ttt_args(run, 32 * 40)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended or stalled before its first update"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert f"resume with: rl-vf train --resume {run}" in err and "Traceback" not in err
+    done = len(read_metrics(run / "metrics.jsonl"))
+    assert 1 <= done < 40 and (run / "checkpoints" / f"update_{done:06d}").is_dir()
+    assert not (run / "summary.json").exists()
+
+    assert main(["train", "--resume", str(run), "--total-episodes", str(32 * (done + 1))]) == 0
+    assert json.loads((run / "summary.json").read_text())["updates"] == done + 1
