@@ -270,9 +270,10 @@ class RolloutEngine:
 
     @torch.no_grad()
     def collect(self, starts: Sequence[int | Start | Fork], generator: torch.Generator,
-                greedy: bool = False) -> list[Episode]:
+                greedy: bool = False, on_done: Callable[[Episode], None] | None = None) -> list[Episode]:
         """Play ``len(starts)`` episodes; returns them in order. Episode i resets one of the engine's
-        envs with seed ``starts[i]``, or, for a ``Start`` or ``Fork``, plays on from its env and tokens."""
+        envs with seed ``starts[i]``, or, for a ``Start`` or ``Fork``, plays on from its env and tokens.
+        ``on_done`` is called with each episode as it ends (progress bars)."""
         n = len(starts)
         episodes: list[Episode | None] = [None] * n
         own = self.envs[: min(len(self.envs), n)]  # each row's own env, for episodes that start from a seed
@@ -320,6 +321,8 @@ class RolloutEngine:
                 if truncated and not terminated:
                     ep.truncated = True
                     ep.extend(list(self.encode(obs)), is_action=False)
+                if on_done is not None:
+                    on_done(ep)
                 if next_episode < n:
                     envs[b], pending[b] = self._start(episodes, next_episode, starts[next_episode], own[b])
                     row_episode[b] = next_episode

@@ -92,9 +92,9 @@ class Trainer:
         self.counters = {**self.counters, **state["counters"]}
 
     # ---- one iteration -------------------------------------------------------------------
-    def collect_batch(self) -> tuple[list[Episode], RolloutBatch]:
+    def collect_batch(self, on_done=None) -> tuple[list[Episode], RolloutBatch]:
         """This update's episodes, played by the policy, and the batch of them on the trainer's device."""
-        return self.actor.collect(self.update_idx)
+        return self.actor.collect(self.update_idx, on_done)
 
     def branch_values(self, episodes: list[Episode], batch: RolloutBatch) -> torch.Tensor | None:
         """The values the algorithm asks the actor for (Monte-Carlo continuations), with their cost
@@ -147,10 +147,14 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         self.learner.set_lr(self.update_idx, total_updates)
-        episodes, batch = self.collect_batch()
+        phase(bar, "collect")
+        episodes, batch = self.collect_batch(on_done=lambda _: bar.update(1))
         t1 = time.perf_counter()
+        if self.algo.uses_branches:
+            phase(bar, "continuations")
         values = self.branch_values(episodes, batch)
         branch_s = time.perf_counter() - t1
+        phase(bar, "update")
         result = self.update(batch, values)
         t2 = time.perf_counter()
         self.update_idx += 1
@@ -175,13 +179,14 @@ class Trainer:
         if self.algo.uses_branches:
             row["perf/branch_s"] = branch_s
         if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
+            phase(bar, "eval")
             row.update(self.actor.evaluate(cfg.eval_episodes)[0])
         media = {}
         if self.algo.uses_critic and cfg.diag_every and self.update_idx % cfg.diag_every == 0:
+            phase(bar, "diagnostics")
             diag, media = self.diagnose()
             row.update(diag)
         log.write(row, media)
-        bar.update(len(episodes))
         bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
                         inv=f"{row['train/invalid_action_rate']:.2f}", refresh=False)
         if self.update_idx % cfg.checkpoint_every == 0 or self.update_idx == total_updates:
@@ -227,6 +232,11 @@ class Trainer:
 
     def close(self) -> None:
         self.actor.close()
+
+
+def phase(bar: tqdm, name: str) -> None:
+    """Name what the run is doing on its progress bar (its count moves only while collecting)."""
+    bar.set_description(f"{bar.desc.split(' | ')[0]} | {name}", refresh=True)
 
 
 class _StopRequest:

@@ -88,6 +88,17 @@ def test_cached_rollout_matches_full_recompute(policy_either_critic, num_envs, m
     assert m.sum() > 100
 
 
+def test_each_episode_is_reported_once_as_it_ends(policy_and_tokenizer):
+    """The progress callback sees every episode once, finished, before collect returns them."""
+    policy, tok = policy_and_tokenizer
+    engine = RolloutEngine(policy, tok, CountingEnv, num_envs=3, max_action_tokens=2)
+    seen = []
+    episodes = engine.collect(list(range(10)), torch.Generator().manual_seed(0),
+                              on_done=lambda e: seen.append((e, len(e.tokens))))
+    assert sorted(id(e) for e, _ in seen) == sorted(id(e) for e in episodes)
+    assert all(n == len(e.tokens) for e, n in seen)  # complete when reported: nothing was added after
+
+
 def test_rewards_sit_on_last_action_token(policy_and_tokenizer):
     policy, tok = policy_and_tokenizer
     engine = RolloutEngine(policy, tok, CountingEnv, num_envs=3, max_action_tokens=2)
