@@ -1,4 +1,5 @@
-# rl_vf — see README.md. Every target runs inside .venv (created by `make install`).
+# rl_vf — see README.md. Every target runs inside .venv, which `make install` creates (and any target
+# that needs it, when it is missing or older than pyproject.toml).
 PY      ?= .venv/bin/python
 ENV     ?= TicTacToe-v0
 ALGO    ?= ppo
@@ -14,6 +15,7 @@ SEEDS   ?= 5
 ALGOS   ?= ppo reinforce reinforce:rloo
 SUITE   ?= experiments/suite.yaml
 STUDY   ?= experiments/study.yaml
+STAMP    = .venv/.installed
 
 TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
 	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
@@ -37,36 +39,41 @@ install: system-deps
 	python3 -m venv .venv
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+# Every target that runs rl_vf installs first when .venv is missing or older than pyproject.toml.
+$(STAMP): pyproject.toml
+	$(MAKE) install
 
 system-deps:
 	bash scripts/install-system-deps.sh
 
-test:
+test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow:
+test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-train:
+train: $(STAMP)
 	$(PY) -m rl_vf train $(TRAIN_FLAGS) $(ARGS)
 
-pretrain:
+pretrain: $(STAMP)
 	$(PY) -m rl_vf pretrain --env $(ENV) --seed $(SEED) --model $(MODEL) $(if $(DEMOS),--demos $(DEMOS)) \
 		$(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
-compare:
+compare: $(STAMP)
 	$(PY) -m rl_vf compare --env $(ENV) --seeds $(SEEDS) --algos "$(ALGOS)" --wandb $(WANDB) \
 		$(if $(EPISODES),--episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
-suite:
+suite: $(STAMP)
 	$(PY) -m rl_vf suite --config $(SUITE) --wandb $(WANDB) $(if $(OUT),--out $(OUT)) $(ARGS)
 
-study:
+study: $(STAMP)
 	$(PY) -m rl_vf sweep --config $(STUDY) --wandb $(WANDB) $(if $(OUT),--out $(OUT)) $(ARGS)
 
-eval:
+eval: $(STAMP)
 	$(PY) -m rl_vf eval --checkpoint $(CHECKPOINT) $(if $(filter command line,$(origin ENV)),--env $(ENV)) \
 		$(if $(EPISODES),--episodes $(EPISODES)) $(ARGS)
 
-bench:
+bench: $(STAMP)
 	$(PY) experiments/bench.py $(ARGS)
