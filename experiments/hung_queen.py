@@ -74,7 +74,8 @@ def main() -> None:
     c = open_on_cpu("ChessEndgame-v0", args)
     _, episodes = play(c, args, greedy=False)
     batch = RolloutBatch.from_episodes(episodes, c.tokenizer.pad_token_id)
-    values = score_batch(c.policy, batch, batch.attention_mask.sum(1), c.run.minibatch_size)["values"]
+    values = score_batch(c.policy, batch, batch.attention_mask.sum(1), c.run.minibatch_size,
+                         c.run.update_tokens)["values"]
     env = c.env_info.make()
     change, hung, taken = [], [], []
     for i, (seed, ep) in enumerate(zip(eval_seeds(args.seed, args.episodes), episodes)):

@@ -106,6 +106,9 @@ class TrainConfig:
     lr_schedule: str = doc(f"{' | '.join(LR_SCHEDULES)}: linear decays lr to 0 at total_episodes", "linear")
     epochs: int = doc("passes over each batch (1 = single-pass policy gradient)", 4)
     minibatch_size: int = doc("episodes per gradient step", 64)
+    update_tokens: int = doc("most padded tokens (episodes x longest transcript) one forward/backward pass of "
+                             "the update holds; a minibatch with more is split into parts whose gradients add up "
+                             "to the same step, so memory is bounded by this, not by transcript length", 16384)
     clip: float = doc("PPO ratio clip epsilon", 0.2)
     vf_clip: float = doc("value clip around the old values, in return units (0 disables)", 0.0)
     vf_coef: float = doc("value loss weight (ppo)", 0.5)
@@ -149,7 +152,7 @@ class TrainConfig:
             self.critic = "separate" if ALGOS[self.algo].uses_critic else "shared"
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
                      "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size", "warm_start_epochs",
-                     "diag_episodes", "diag_states", "diag_rollouts", "env_threads", "vine_rollouts"):
+                     "diag_episodes", "diag_states", "diag_rollouts", "env_threads", "vine_rollouts", "update_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.attention_window < 0:

@@ -271,7 +271,7 @@ def diagnose(policy, tokenizer, make_env: Callable[[], gym.Env], cfg, generator:
     try:
         episodes = engine.collect(heldout_seeds(cfg), generator)
         batch = RolloutBatch.from_episodes(episodes, tokenizer.pad_token_id).to(device)
-        scores = score_batch(policy, batch, batch.attention_mask.sum(1), cfg.minibatch_size)
+        scores = score_batch(policy, batch, batch.attention_mask.sum(1), cfg.minibatch_size, cfg.update_tokens)
         batch, scores = batch.to("cpu"), {key: value.cpu() for key, value in scores.items()}
         values, mask = scores["values"], batch.action_mask
         critic = at_turn_starts(values, mask)

@@ -79,8 +79,8 @@ class Learner:
         mask = batch.action_mask
         lengths = batch.attention_mask.sum(1)
         with torch.no_grad():
-            old = score_batch(policy, batch, lengths, cfg.minibatch_size) if self.scores_before_update(
-                len(batch), algo) else {}
+            scores_now = self.scores_before_update(len(batch), algo)
+            old = score_batch(policy, batch, lengths, cfg.minibatch_size, cfg.update_tokens) if scores_now else {}
             if values is not None:
                 old["values"] = values
             has_values = algo.uses_critic or algo.uses_branches
@@ -88,7 +88,7 @@ class Learner:
             critic_only = self.warming_up(algo, stats)
             ref = None
             if self.reference is not None and not critic_only:
-                ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size)["logprobs"]
+                ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size, cfg.update_tokens)["logprobs"]
             advantages, returns = algo.advantages(batch, old, cfg)
             if returns is not None:
                 stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
@@ -105,7 +105,7 @@ class Learner:
             for idx in torch.randperm(len(batch), generator=self.generator, device=self.device).split(cfg.minibatch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
-                for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device)):
+                for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device), cfg.update_tokens):
                     loss, terms, parts = self.part_loss(batch, sl, algo, old, ref, advantages, returns, critic_only)
                     if not torch.isfinite(loss):
                         raise NonFiniteLoss({k: float(v.detach()) for k, v in terms.items()})
@@ -210,23 +210,33 @@ def length_buckets(lengths: torch.Tensor, idx: torch.Tensor) -> list[torch.Tenso
     return groups
 
 
-def minibatch_parts(lengths: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor):
+def within_budget(lengths: torch.Tensor, group: torch.Tensor, tokens: int) -> tuple[torch.Tensor, ...]:
+    """A length group split into parts of at most ``tokens`` padded tokens each (rows x the group's
+    longest; one row at least), so memory is bounded by the budget, not by the transcripts' length."""
+    rows = max(1, tokens // int(lengths[group].max()))
+    return group.split(rows)
+
+
+def minibatch_parts(lengths: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor, tokens: int):
     """One gradient step over minibatch ``idx``, as parts to accumulate: yields ``(rows, columns)``
-    index pairs of length groups (so short episodes are not padded to the longest) and each part's
-    weight, its share of the minibatch's action tokens. Summing ``weight * masked_mean(loss)`` over
-    the parts gives the gradient of ``masked_mean(loss)`` over the whole minibatch."""
+    index pairs of length groups (so short episodes are not padded to the longest), each of at most
+    ``tokens`` padded tokens, and each part's weight, its share of the minibatch's action tokens.
+    Summing ``weight * masked_mean(loss)`` over the parts gives the gradient of
+    ``masked_mean(loss)`` over the whole minibatch."""
     action_tokens = mask[idx].sum()
-    for part in length_buckets(lengths, idx):
-        sl = (part, slice(0, int(lengths[part].max())))
-        yield sl, mask[sl].sum() / action_tokens
+    for group in length_buckets(lengths, idx):
+        for part in within_budget(lengths, group, tokens):
+            sl = (part, slice(0, int(lengths[part].max())))
+            yield sl, mask[sl].sum() / action_tokens
 
 
 @torch.no_grad()
-def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int) -> dict:
-    """``policy.score`` over the whole batch, run on length groups of at most ``chunk`` episodes."""
+def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int, tokens: int) -> dict:
+    """``policy.score`` over the whole batch, run on length groups of at most ``chunk`` episodes and
+    ``tokens`` padded tokens."""
     out: dict[str, torch.Tensor] = {}
     for group in length_buckets(lengths, torch.arange(len(batch), device=lengths.device)):
-        for part in group.split(chunk):
+        for part in (p for g in group.split(chunk) for p in within_budget(lengths, g, tokens)):
             width = int(lengths[part].max())
             sl = (part, slice(0, width))
             for key, value in policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl)).items():

@@ -114,7 +114,7 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
         totals = {"pretrain/nll": 0.0}
         for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
             optimizer.zero_grad(set_to_none=True)
-            for sl, weight in minibatch_parts(lengths, batch.action_mask, idx.to(device)):
+            for sl, weight in minibatch_parts(lengths, batch.action_mask, idx.to(device), cfg.update_tokens):
                 out = policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl))
                 mask = batch.action_mask[sl]
                 nll = -masked_mean(out["logprobs"], mask)

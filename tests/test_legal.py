@@ -166,7 +166,7 @@ def test_connect_four_training_with_legal_decoding_plays_no_illegal_move(tmp_pat
     trainer = Trainer(cfg, str(tmp_path))
     _, batch = trainer.collect_batch()
     assert not batch.invalid.any() and batch.legal_index is not None
-    old = score_batch(trainer.policy, batch, batch.attention_mask.sum(1), chunk=16)  # the update's recompute
+    old = score_batch(trainer.policy, batch, batch.attention_mask.sum(1), chunk=16, tokens=1 << 20)  # the update's recompute
     m = batch.action_mask.bool()
     torch.testing.assert_close(old["logprobs"][m], batch.sample_logprobs[m], atol=1e-5, rtol=0)
     assert all(np.isfinite(v) for v in trainer.update(batch).stats.values())

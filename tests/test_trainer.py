@@ -1,6 +1,7 @@
 """The update step: length-grouped gradient accumulation is the same step as one padded minibatch."""
 import copy
 
+import pytest
 import torch
 
 import rl_vf.learner as learner
@@ -34,12 +35,13 @@ def collected(tmp_path, algo):
 
 def test_score_batch_matches_one_full_forward(tmp_path):
     t, batch, lengths = collected(tmp_path, "ppo")
-    grouped = score_batch(t.policy, batch, lengths, chunk=8)
     with torch.no_grad():
         full = t.policy.score(batch.tokens, batch.attention_mask)
     real = batch.attention_mask.bool()
-    for key in ("logprobs", "values", "next_value"):
-        assert torch.allclose(grouped[key][real], full[key][real], atol=1e-5), key
+    for tokens in (1 << 20, int(lengths.min())):  # groups of 8, or one episode at a time
+        grouped = score_batch(t.policy, batch, lengths, chunk=8, tokens=tokens)
+        for key in ("logprobs", "values", "next_value"):
+            assert torch.allclose(grouped[key][real], full[key][real], atol=1e-5), key
 
 
 def same_step_twice(t, batch, change) -> tuple[dict, dict]:
@@ -67,6 +69,21 @@ def test_grouped_update_equals_one_padded_minibatch(tmp_path, monkeypatch):
         monkeypatch.undo()
         for key in ("loss/pg", "loss/entropy", "ppo/approx_kl"):
             assert abs(grouped[key] - padded[key]) < 1e-5, (algo, key)
+
+
+def test_a_token_budget_splits_the_update_into_parts_with_the_same_step(tmp_path):
+    """update_tokens bounds each forward/backward pass (long transcripts split into one-row parts);
+    the accumulated gradients, and so the step and its losses, equal the unsplit update's."""
+    for algo in ("ppo", "reinforce"):
+        t, batch, lengths = collected(tmp_path / algo, algo)
+        t.cfg.epochs, t.cfg.minibatch_size = 1, len(batch)
+        shortest = int(lengths.min())  # a budget below every group's longest: one episode per part
+        parts = list(learner.minibatch_parts(lengths, batch.action_mask, torch.arange(len(batch)), shortest))
+        assert all(len(rows) == 1 for (rows, _), _ in parts) and len(parts) == len(batch)
+        assert float(sum(w for _, w in parts)) == pytest.approx(1.0)
+        unsplit, split = same_step_twice(t, batch, lambda: setattr(t.cfg, "update_tokens", shortest))
+        for key in ("loss/pg", "loss/entropy", "ppo/approx_kl"):
+            assert abs(unsplit[key] - split[key]) < 1e-5, (algo, key)
 
 
 def test_one_step_update_without_critic_skips_scoring_and_steps_the_same(tmp_path, monkeypatch):
