@@ -194,10 +194,10 @@ class Actor:
         first = cfg.seed * 1_000_000_007 + update * groups  # seeds never overlap in practice
         return [first + i // cfg.group_size for i in range(cfg.episodes_per_update)]
 
-    def collect(self, update: int, on_done=None) -> tuple[list[Episode], RolloutBatch]:
-        """Update ``update``'s episodes, played by the policy, and the batch of them on the device
-        (``on_done``: called with each episode as it ends)."""
-        episodes = self.engine.collect(self.episode_seeds(update), self.generator, on_done=on_done)
+    def collect(self, update: int, size: int, on_done=None) -> tuple[list[Episode], RolloutBatch]:
+        """The first ``size`` of update ``update``'s episodes (a last batch can be smaller), played by
+        the policy, and the batch of them on the device (``on_done``: called with each episode as it ends)."""
+        episodes = self.engine.collect(self.episode_seeds(update)[:size], self.generator, on_done=on_done)
         batch = RolloutBatch.from_episodes(episodes, self.tokenizer.pad_token_id, self.cfg.group_size)
         return episodes, batch.to(self.device)
 

@@ -45,7 +45,7 @@ class TrainConfig:
                                 "and evaluate against {opponent: random}", {})
     algo: str = doc(f"credit assignment: {' | '.join(ALGOS)}", "ppo")
     seed: int = doc("seed for the model init, sampling and env resets", 0)
-    total_episodes: int = doc("training episodes in all", 60_000)
+    total_episodes: int = doc("training episodes in all (a remainder below episodes_per_update is one smaller last update)", 60_000)
     out: str = doc("run folder (default runs/<env>-<algo>-s<seed>-<time>)", "")
     model: str = doc("'tiny' (built-in character-level Llama) or a local Hugging Face causal-LM folder", "tiny")
     wandb: str = doc(f"wandb mode: {' | '.join(WANDB_MODES)}", "offline")

@@ -94,7 +94,10 @@ class Trainer:
     # ---- one iteration -------------------------------------------------------------------
     def collect_batch(self, on_done=None) -> tuple[list[Episode], RolloutBatch]:
         """This update's episodes, played by the policy, and the batch of them on the trainer's device."""
-        return self.actor.collect(self.update_idx, on_done)
+        cfg = self.cfg
+        sizes = update_sizes(cfg.total_episodes, cfg.episodes_per_update, cfg.group_size)
+        size = sizes[self.update_idx] if self.update_idx < len(sizes) else cfg.episodes_per_update
+        return self.actor.collect(self.update_idx, size, on_done)
 
     def branch_values(self, episodes: list[Episode], batch: RolloutBatch) -> torch.Tensor | None:
         """The values the algorithm asks the actor for (Monte-Carlo continuations), with their cost
@@ -124,13 +127,13 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------
     def train(self, log: MetricsLog) -> dict:
         cfg = self.cfg
-        total_updates = math.ceil(cfg.total_episodes / cfg.episodes_per_update)
-        played = total_updates * cfg.episodes_per_update
+        sizes = update_sizes(cfg.total_episodes, cfg.episodes_per_update, cfg.group_size)
+        total_updates, played = len(sizes), sum(sizes)
         if played != cfg.total_episodes and self.update_idx == 0:
-            print(f"note: total_episodes {cfg.total_episodes} is not a multiple of episodes_per_update "
-                  f"{cfg.episodes_per_update}; training plays {played} episodes in {total_updates} whole updates "
-                  f"(summary.json records train/episodes)", file=sys.stderr)
-        bar = tqdm(total=total_updates * cfg.episodes_per_update, initial=self.episodes_done, unit="ep",
+            print(f"note: total_episodes {cfg.total_episodes} is not a multiple of group_size {cfg.group_size}; "
+                  f"training plays {played} episodes (the last update's groups are whole; summary.json records "
+                  f"train/episodes)", file=sys.stderr)
+        bar = tqdm(total=played, initial=self.episodes_done, unit="ep",
                    desc=f"{cfg.algo} {cfg.env}", dynamic_ncols=True, mininterval=1.0)
         self.policy.train()
         with stop_on_ctrl_c() as stop:
@@ -232,6 +235,13 @@ class Trainer:
 
     def close(self) -> None:
         self.actor.close()
+
+
+def update_sizes(total_episodes: int, episodes_per_update: int, group_size: int) -> list[int]:
+    """Episodes of each update: whole batches, then what is left as one smaller last batch (in whole
+    groups, so a budget that is not a multiple of group_size is rounded up)."""
+    full, rest = divmod(total_episodes, episodes_per_update)
+    return [episodes_per_update] * full + ([math.ceil(rest / group_size) * group_size] if rest else [])
 
 
 def phase(bar: tqdm, name: str) -> None:

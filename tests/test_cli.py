@@ -12,6 +12,7 @@ from rl_vf.cli import main
 from rl_vf.config import ENV_DEFAULTS, make_config
 from rl_vf.metrics_log import read_metrics
 from rl_vf.policy import load_policy
+from rl_vf.trainer import update_sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64", "--threads", "1"]
@@ -210,13 +211,28 @@ def test_bad_input_exits_2_with_one_clear_message(tmp_path, capsys, argv, needle
     assert not (tmp_path / "out").exists()  # nothing written for a run that never started
 
 
-def test_a_budget_that_is_not_whole_batches_is_rounded_up_with_a_notice(tmp_path, capsys):
+def test_a_budget_that_is_not_whole_batches_ends_with_a_smaller_batch(tmp_path, capsys):
     assert main(ttt_args(tmp_path / "run", 40)) == 0
-    err = capsys.readouterr().err
-    assert ("note: total_episodes 40 is not a multiple of episodes_per_update 32; training plays 64 episodes in "
-            "2 whole updates") in err
+    assert "note:" not in capsys.readouterr().err  # honoured: nothing to announce
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert (summary["train/episodes"], summary["updates"]) == (64, 2)
+    assert (summary["train/episodes"], summary["updates"]) == (40, 2)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/episodes"] for r in rows if "train/episodes" in r] == [32, 40]
+
+
+def test_a_budget_of_partial_groups_is_rounded_up_to_whole_groups_with_a_notice(tmp_path, capsys):
+    args = ttt_args(tmp_path / "run", 38, algo="reinforce") + ["--baseline", "rloo", "--group-size", "4"]
+    assert main(args) == 0
+    assert ("note: total_episodes 38 is not a multiple of group_size 4; training plays 40 episodes"
+            in capsys.readouterr().err)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["train/episodes"] == 40
+
+
+@pytest.mark.parametrize("total, per_update, group, sizes", [
+    (64, 1024, 1, [64]), (2048, 1024, 1, [1024, 1024]), (40, 32, 1, [32, 8]), (38, 32, 4, [32, 8]), (32, 32, 8, [32]),
+])
+def test_update_sizes(total, per_update, group, sizes):
+    assert update_sizes(total, per_update, group) == sizes
 
 
 def test_an_unknown_flag_names_the_closest_ones_of_its_command(capsys):

@@ -1,0 +1,70 @@
+"""A new user's first run of every env: time to the first finished update and peak memory.
+
+Runs ``python -m rl_vf train --env ID --total-episodes 64`` at the env's defaults (plus ``--threads``)
+for each env id, one at a time, stops it once ``metrics.jsonl`` holds its first update (or at
+``--limit`` seconds), and prints a markdown table: wall seconds to the first update, CPU seconds of
+the run until then, and the run's peak RSS (``ru_maxrss`` of the child, what ``/usr/bin/time -v``
+reports as "Maximum resident set size").
+
+    python experiments/first_update.py --threads 1 --envs TicTacToe-v0 ChessEndgame-v0
+"""
+import argparse
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import envs
+
+ENV_IDS = list(envs.ENV_IDS)
+
+
+def first_update(env_id: str, episodes: int, threads: int, limit: float, extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="first-update-") as out:
+        cmd = [sys.executable, "-m", "rl_vf", "train", "--env", env_id, "--total-episodes", str(episodes),
+               "--threads", str(threads), "--wandb", "disabled", "--out", out, *extra]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        metrics = os.path.join(out, "metrics.jsonl")
+        seconds = None
+        while proc.poll() is None:
+            if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+                seconds = time.perf_counter() - t0
+                break
+            if time.perf_counter() - t0 > limit:
+                break
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)  # the final evaluation is not part of the first update
+        _, err = proc.communicate()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if seconds is None and proc.returncode not in (0, -signal.SIGKILL):
+            raise SystemExit(f"{env_id} failed:\n{err[-2000:]}")
+    return {"env": env_id, "first_update_s": seconds,
+            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
+            "peak_rss_gb": after.ru_maxrss / 2**20}  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--envs", nargs="+", default=ENV_IDS, metavar="ID", help="env ids (default: every registered one)")
+    p.add_argument("--episodes", type=int, default=64, help="--total-episodes of each run (default 64)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    p.add_argument("--limit", type=float, default=900, help="give up on a run after this many seconds")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more rl-vf train flags for every run")
+    args = p.parse_args()
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    print(f"| env | first update (s, wall) | CPU s | peak RSS (GB) |  ({args.episodes} episodes, --threads {args.threads})")
+    print("|---|---:|---:|---:|")
+    for env_id in args.envs:
+        r = first_update(env_id, args.episodes, args.threads, args.limit, extra)
+        wall = f"{r['first_update_s']:.0f}" if r["first_update_s"] is not None else f"> {args.limit:.0f} (none)"
+        print(f"| {env_id} | {wall} | {r['cpu_s']:.0f} | {r['peak_rss_gb']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
