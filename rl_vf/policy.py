@@ -10,6 +10,7 @@ in the ``critic/`` subfolder (its trunk and value head, in the same layout).
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -346,7 +347,13 @@ def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=
     if llama.supports(trunk):
         return llama.forward(trunk, input_ids, attention_mask, position_ids, past_key_values)
     return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 past_key_values=past_key_values, use_cache=past_key_values is not None).last_hidden_state
+                 use_cache=past_key_values is not None, **{cache_kwarg(trunk): past_key_values}).last_hidden_state
+
+
+def cache_kwarg(model: nn.Module) -> str:
+    """The name of a Hugging Face model's cache argument: transformers 5.25 renamed ``past_key_values``
+    to ``cache`` (the old name goes in 5.40), earlier 5.x releases know only the old one."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def aligned_values(values: torch.Tensor) -> dict:

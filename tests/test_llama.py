@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rl_vf import llama
-from rl_vf.policy import growing_cache, trunk_hidden
+from rl_vf.policy import cache_kwarg, growing_cache, trunk_hidden
 
 
 def make_trunk(**overrides):
@@ -17,8 +17,8 @@ def make_trunk(**overrides):
 
 
 def hf_hidden(trunk, ids, mask=None, positions=None, cache=None):
-    return trunk(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                 use_cache=cache is not None).last_hidden_state
+    return trunk(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=cache is not None,
+                 **{cache_kwarg(trunk): cache}).last_hidden_state
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])  # 2: grouped-query attention
