@@ -367,9 +367,11 @@ def compute(done: dict[str, list[Run]], train_key: str, seed: int = 0) -> dict:
     for v, rs in done.items():
         values = np.array([stats.interpolate_curve(*r.smoothed("perf/trained_tokens", train_key), [budget])[0]
                            for r in rs])
-        values = values[~np.isnan(values)]  # a run whose first smoothed point lies past the budget
+        # A run whose first smoothed point (after SMOOTH updates) lies past the budget has no value there.
+        late = [r.seed for r, x in zip(rs, values) if np.isnan(x)]
+        values = values[~np.isnan(values)]
         at_budget[v] = {"n": len(values), "iqm": stats.bootstrap_ci(values, reps=REPS, alpha=ALPHA, seed=seed)
-                        if len(values) else None}
+                        if len(values) else None, "left_out": late}
     return {"means": means, "budget": budget, "at_budget": at_budget}
 
 
@@ -427,9 +429,28 @@ def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int 
     results["compute"] = compute(done, train_key, seed)
     poi = {(d["x"], d["y"]): d["poi"] for d in results["improvement"]}
     ref = eff["reference"]
-    results["verdict"] = [verdict(ref, v, poi[ref, v], eff["ratios"]["train/episodes"][v], eff["level"])
-                          for v in done if v != ref]
+    updates = [len(r.series("train/episodes", train_key)[0]) for rs in done.values() for r in rs]
+    results["updates_per_run"] = [min(updates), max(updates)]
+    learned = eff["level"] > 0
+    results["verdict"] = budget_lines(results["updates_per_run"], learned, train_key) + [
+        verdict(ref, v, poi[ref, v], eff["ratios"]["train/episodes"][v] if learned else None, eff["level"])
+        for v in done if v != ref]
     return results
+
+
+def budget_lines(updates_per_run: list[int], learned: bool, train_key: str) -> list[str]:
+    """What a reader must know first when the runs are too short to compare learning."""
+    lo, hi = updates_per_run
+    per_run = f"{lo} update{'s' if lo != 1 else ''}" if lo == hi else f"{lo}-{hi} updates"
+    lines = []
+    if not learned:
+        lines.append(f"nothing learned: no run's {train_key} (smoothed over {SMOOTH} updates) rose above 0 in "
+                     f"{per_run} per run, so no run reaches a threshold")
+    if hi < 2:
+        lines.append(f"one point per run: every run made {per_run}, so there are no learning curves and no "
+                     f"episodes-to-threshold; give each run several updates (more --episodes, or a smaller "
+                     f"episodes_per_update)")
+    return lines
 
 
 # ---- the comparison report ----------------------------------------------------------------------
@@ -465,7 +486,10 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
                ("p", f"IQM over seeds with 95% bootstrap bands; each run is interpolated linearly onto a common "
                      f"grid of {GRID_POINTS} points per x axis, and a variant is drawn where all its runs have data. "
                      f"{metric} curves are the periodic evaluations (eval_every).")]
-    blocks += [("img", plots[f"curves {key}"], f"learning curves {key}") for key in results["curves"]]
+    if results["updates_per_run"][1] < 2:
+        blocks.append(("p", "No curves: every run has a single update (see the verdict)."))
+    else:
+        blocks += [("img", plots[f"curves {key}"], f"learning curves {key}") for key in results["curves"]]
 
     ref = eff["reference"]
     blocks += [("h2", "Sample efficiency"),
@@ -492,8 +516,12 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
                 [[v, *[num(m[k]) for k in COMPUTE_KEYS]] for v, m in cost["means"].items()]),
                ("p", f"Means over finished seeds, at the end of training. At equal compute: {train_key} (smoothed) "
                      f"at {num(cost['budget'])} trained tokens, the smallest final perf/trained_tokens of any run."),
-               ("table", ["variant", "n", f"IQM of {train_key} at equal trained tokens"],
-                [[v, d["n"], ci(d["iqm"])] for v, d in cost["at_budget"].items()])]
+               ("table", ["variant", "n", f"IQM of {train_key} at equal trained tokens", "left out"],
+                [[v, d["n"], ci(d["iqm"]),
+                  ", ".join(f"s{s}" for s in d["left_out"]) or "-"] for v, d in cost["at_budget"].items()])]
+    if any(d["left_out"] for d in cost["at_budget"].values()):
+        blocks.append(("p", f"Left out: runs whose first smoothed point (after their first {SMOOTH} updates) "
+                            f"already trained more than {num(cost['budget'])} tokens have no value at that budget."))
     return blocks
 
 
@@ -523,7 +551,7 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
     if "final" in results:
         plots["final"] = "plots/final.png"
         plot_intervals(results["final"], os.path.join(comp.out, plots["final"]), comp.metric)
-        for key, curves in results["curves"].items():
+        for key, curves in (results["curves"] if results["updates_per_run"][1] >= 2 else {}).items():
             plots[f"curves {key}"] = f"plots/curves_{key.replace('/', '_')}.png"
             plot_curves(curves, os.path.join(comp.out, plots[f"curves {key}"]), key, list(results["final"]), X_AXES)
     blocks = comparison_blocks(comp, results, plots)

@@ -1,6 +1,7 @@
 """rl-vf compare / suite: the runs it launches, resuming, bad input, and the report's statistics."""
 import argparse
 import json
+import shutil
 import os
 
 import numpy as np
@@ -277,3 +278,37 @@ def test_the_sampled_success_rate_is_a_metric_with_the_train_success_curve(tmp_p
     assert results["train_metric"] == "train/success_rate" and not results["saturated"]
     assert results["final"]["ppo"]["iqm"] == pytest.approx(stats.bootstrap_ci([0.45, 0.475, 0.425, 0.5, 0.46]))
     assert "Final performance (eval/success_rate_sampled" in (tmp_path / "report.md").read_text()
+
+
+def test_a_one_update_budget_where_nothing_learned_says_so_first(tmp_path):
+    """What a user sees first after a compare too short to learn: the reason, not blank panels."""
+    comp = synthetic_comparison(tmp_path, [0.0] * 5, [0.0] * 5)
+    for s in range(5):  # every run: one update, success 0
+        for v in ("ppo", "reinforce_none"):
+            shutil.rmtree(tmp_path / "runs" / v / f"s{s}")
+            fake_run(tmp_path / "runs" / v / f"s{s}", [0.0], 0.0)
+    results = compare.write_report(comp)
+    assert results["updates_per_run"] == [1, 1]
+    assert results["verdict"][0].startswith("nothing learned: no run's train/success_rate (smoothed over 3 updates) "
+                                            "rose above 0 in 1 update per run")
+    assert results["verdict"][1].startswith("one point per run: every run made 1 update")
+    assert "reached by" not in results["verdict"][2]  # no threshold statistic on a threshold of 0
+    md = (tmp_path / "report.md").read_text()
+    assert "No curves: every run has a single update" in md
+    assert not list((tmp_path / "plots").glob("curves_*.png"))
+
+
+def test_every_run_left_out_at_equal_compute_is_named_with_the_reason(tmp_path):
+    """ppo s0 and s1 train 5000 tokens per update, so their first smoothed point (after 3 updates) lies at
+    15000 tokens, past the budget of 10000 (ppo s2-s4: 20 updates x 500): they have no value there."""
+    comp = synthetic_comparison(tmp_path, [0.9] * 5, [0.5] * 4 + [None])
+    for s in range(5):
+        shutil.rmtree(tmp_path / "runs" / "ppo" / f"s{s}")
+        fake_run(tmp_path / "runs" / "ppo" / f"s{s}", step_curve(s + 2), 0.9, tokens_per_update=5000 if s < 2 else 500)
+    results = compare.write_report(comp)
+    at = results["compute"]["at_budget"]
+    assert results["compute"]["budget"] == 10000  # ppo s2-s4: 20 updates x 500 tokens
+    assert at["ppo"]["left_out"] == [0, 1] and at["ppo"]["n"] == 3  # their first smoothed point is at 15000
+    assert at["reinforce:none"]["left_out"] == [] and at["reinforce:none"]["n"] == 4
+    md = (tmp_path / "report.md").read_text()
+    assert "| s0, s1 |" in md and "Left out: runs whose first smoothed point" in md
