@@ -1,6 +1,6 @@
 """rl_vf benchmark (issue 6): the engine, a naive rollout loop and TRL, side by side in one run.
 
-    python experiments/bench.py [--quick] [--sections decode,multiturn,scaling,trl,update,branches]
+    python experiments/bench.py [--quick] [--sections decode,multiturn,scaling,trl,update,branches,launch]
                                 [--threads N] [--device auto|cpu|cuda] [--out FILE]
 
 Prints one table per section to stdout (progress goes to stderr) and, as the last stdout line,
@@ -42,20 +42,23 @@ same character-level Llama. Every comparison uses one model, one batch and one s
    step) show both are solving the same problem.
 5. update: trained tokens/s of ``Trainer.update`` (PPO with a value head, and REINFORCE) on one
    collected TicTacToe batch (played through ``LegalFallback`` so its games are full length), and
-   the peak RSS of a short default ``python -m rl_vf train`` run in a subprocess.
+   the peak RSS of two short default ``python -m rl_vf train`` runs in a subprocess each: TicTacToe
+   and a first ChessEndgame-v0 update of 64 games (KQK at its defaults: the longest transcripts).
 6. branches: the Monte-Carlo value arm's continuations (``rl_vf.branches.turn_values``: K from the
    start of every turn, each from a copy of the env and a fork of the episode's KV cache) against
    plain rollouts, in generated tokens/s, on KeyToDoor-v0 with delay 16 (18 turns). The policy
    samples only "0" and "1", so every episode and continuation plays to the door. Also the same
    continuations started from their transcripts (``Start``: each prefix prefilled again), to show
    what the fork saves.
+7. launch: seconds per short run (TicTacToe, 16 episodes, no warm start) started as compare and
+   sweep start their runs (a process forked from a server that imported rl_vf once) and as a fresh
+   ``python -m rl_vf train`` subprocess, the same runs one after another, and their ratio.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -89,8 +92,9 @@ SECTIONS = {  # name: what it measures (--help)
     "multiturn": "episodes/s of the engine and of naive per-turn generate (TicTacToe, KeyToDoor delay 32)",
     "scaling": "seconds per episode at 1, 4, 16, 64 turns, and the log-log slope, for both",
     "trl": "samples/s and success curves: trl GRPOTrainer vs rl_vf reinforce/group on Arithmetic-v0",
-    "update": "update tokens/s (ppo, reinforce) and the peak RSS of a short `rl_vf train`",
+    "update": "update tokens/s (ppo, reinforce) and the peak RSS of short `rl_vf train` runs (TicTacToe, chess)",
     "branches": "continuation tokens/s of the MC value arm (forked KV cache) vs plain rollout tokens/s",
+    "launch": "seconds per short run: compare's forked launch vs a fresh `python -m rl_vf train` subprocess",
 }
 ARITHMETIC = {"op": "add", "digits": 2, "mode": "single"}
 
@@ -117,6 +121,9 @@ class Scale:
     update_episodes: tuple = (("tiny", 256), ("10m", 64))
     train_episodes: int = 2048  # the RSS run: two updates of the default 1024 episodes
     train_args: tuple = ()  # further `rl_vf train` flags for that run
+    chess_episodes: int = 64  # the chess RSS run: one update of this many KQK games
+    launch_runs: int = 4  # short runs per way of starting them
+    launch_warmup: int = 1  # runs first, not counted (the first forked run also starts the server)
     branch_episodes: tuple = (("tiny", 64), ("10m", 16))  # KeyToDoor episodes whose every turn is branched
     branch_rollouts: int = 4  # K continuations per turn (vine_rollouts' default)
 
@@ -127,7 +134,7 @@ QUICK = Scale(matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, mult
               trl_prompts=2, trl_generations=2, trl_steps=2, trl_demos=8, update_episodes=(("tiny", 8), ("10m", 4)),
               train_episodes=64, branch_episodes=(("tiny", 2), ("10m", 1)), branch_rollouts=2,
               train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
-                          "--eval-every", "0"))
+                          "--eval-every", "0"), chess_episodes=2, launch_runs=1, launch_warmup=0)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -570,12 +577,20 @@ def update_tok_s(size: str, episodes: int, device: torch.device, threads: int, r
     return rates
 
 
-def peak_rss_mb(scale: Scale, device: torch.device, threads: int, run_dir: str) -> float:
-    """Peak RSS of a short default training run, read off the finished child process."""
-    cmd = [sys.executable, "-m", "rl_vf", "train", "--total-episodes", str(scale.train_episodes), "--wandb", "disabled",
-           "--out", run_dir, "--device", device.type, "--threads", str(threads), *scale.train_args]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # kB on Linux
+def child_peak_rss_mb(cmd: list[str]) -> float:
+    """Peak RSS of one child process running ``cmd`` (wait4: its own usage, not the largest child's)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    return usage.ru_maxrss / 1024  # kB on Linux
+
+
+def train_cmd(run_dir: str, device: torch.device, threads: int, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "rl_vf", "train", "--wandb", "disabled", "--out", run_dir, "--device", device.type,
+            "--threads", str(threads), *flags]
 
 
 def bench_update(scale: Scale, device: torch.device, threads: int) -> dict:
@@ -587,11 +602,50 @@ def bench_update(scale: Scale, device: torch.device, threads: int) -> dict:
                 figures[f"update_tok_s_{algo}_{size}"] = tok_s
                 rows.append([f"update tokens/s, {algo} ({size}, {episodes} episodes, default epochs/minibatch)", tok_s])
         log(f"update: peak RSS of `rl_vf train --total-episodes {scale.train_episodes}` ...")
-        rss = peak_rss_mb(scale, device, threads, os.path.join(tmp, "run"))
-    figures["train_peak_rss_mb"] = rss
-    rows.append([f"peak RSS of `python -m rl_vf train --total-episodes {scale.train_episodes}` (MB)", rss])
+        figures["train_peak_rss_mb"] = child_peak_rss_mb(train_cmd(
+            os.path.join(tmp, "run"), device, threads, "--total-episodes", str(scale.train_episodes), *scale.train_args))
+        rows.append([f"peak RSS of `python -m rl_vf train --total-episodes {scale.train_episodes}` (MB)",
+                     figures["train_peak_rss_mb"]])
+        log(f"update: peak RSS of a first ChessEndgame-v0 update of {scale.chess_episodes} games ...")
+        figures["chess_update_peak_rss_mb"] = child_peak_rss_mb(train_cmd(
+            os.path.join(tmp, "chess"), device, threads, "--env", "ChessEndgame-v0", "--total-episodes",
+            str(scale.chess_episodes), "--final-eval-episodes", "1", "--eval-samples", "1"))
+        rows.append([f"peak RSS of `python -m rl_vf train --env ChessEndgame-v0 --total-episodes {scale.chess_episodes}` "
+                     f"(MB; one update, final eval of 1 game)", figures["chess_update_peak_rss_mb"]])
     table("5. Training step and memory", ["measure", "value"], rows)
     return figures
+
+
+def bench_launch(scale: Scale, device: torch.device, threads: int) -> dict:
+    """Seconds per short run started as compare starts them (forked from a preloaded server) and as a
+    fresh interpreter, one run at a time, alternating."""
+    from rl_vf import compare
+
+    flags = ["--env", "TicTacToe-v0", "--total-episodes", "16", "--episodes-per-update", "16", "--num-envs", "16",
+             "--final-eval-episodes", "16", "--eval-every", "0", "--warm-start-demos", "0"]
+    seconds = {"forked": [], "subprocess": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(scale.launch_warmup + scale.launch_runs):
+            log(f"launch: run {i + 1} of {scale.launch_warmup + scale.launch_runs}, forked and subprocess ...")
+            argv = train_cmd(os.path.join(tmp, f"f{i}"), device, threads, *flags)[3:]
+            start = time.perf_counter()
+            run = compare._RUNNERS.Process(target=compare.run_train,
+                                           args=(argv, os.path.join(tmp, f"f{i}.log"), ROOT, dict(os.environ)))
+            run.start()
+            run.join()
+            if i >= scale.launch_warmup:
+                seconds["forked"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            subprocess.run(train_cmd(os.path.join(tmp, f"s{i}"), device, threads, *flags), cwd=ROOT, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if i >= scale.launch_warmup:
+                seconds["subprocess"].append(time.perf_counter() - start)
+    forked, fresh = (float(np.mean(seconds[k])) for k in ("forked", "subprocess"))
+    table(f"7. Starting a run (TicTacToe, 16 episodes, mean of {scale.launch_runs} runs each)",
+          ["how", "seconds per run", "/ subprocess"],
+          [["forked from rl_vf's preloaded server (compare, sweep)", forked, forked / fresh],
+           ["fresh `python -m rl_vf train` subprocess", fresh, 1.0]])
+    return {"launch_forked_s": forked, "launch_subprocess_s": fresh, "launch_ratio": forked / fresh}
 
 
 def binary_policy(size: str, device: torch.device):
@@ -677,7 +731,8 @@ def main(argv=None) -> dict:
     runners = {"decode": lambda: bench_decode(scale, device), "multiturn": lambda: bench_multiturn(scale, device),
                "scaling": lambda: bench_scaling(scale, device), "trl": lambda: bench_trl(scale, device, args.threads),
                "update": lambda: bench_update(scale, device, args.threads),
-               "branches": lambda: bench_branches(scale, device)}
+               "branches": lambda: bench_branches(scale, device),
+               "launch": lambda: bench_launch(scale, device, args.threads)}
     for section in args.sections:
         result, seconds = timed(runners[section], device)
         figures.update(result)

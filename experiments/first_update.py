@@ -10,7 +10,6 @@ reports as "Maximum resident set size").
 """
 import argparse
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -26,27 +25,25 @@ def first_update(env_id: str, episodes: int, threads: int, limit: float, extra: 
     with tempfile.TemporaryDirectory(prefix="first-update-") as out:
         cmd = [sys.executable, "-m", "rl_vf", "train", "--env", env_id, "--total-episodes", str(episodes),
                "--threads", str(threads), "--wandb", "disabled", "--out", out, *extra]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         metrics = os.path.join(out, "metrics.jsonl")
-        seconds = None
-        while proc.poll() is None:
-            if os.path.exists(metrics) and os.path.getsize(metrics) > 0:
+        seconds, ended = None, None
+        while ended is None:  # wait4, not poll: this child's own usage, read when it is reaped
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                ended = os.waitstatus_to_exitcode(status)
+            elif seconds is None and os.path.exists(metrics) and os.path.getsize(metrics) > 0:
                 seconds = time.perf_counter() - t0
-                break
-            if time.perf_counter() - t0 > limit:
-                break
-            time.sleep(0.5)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)  # the final evaluation is not part of the first update
-        _, err = proc.communicate()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if seconds is None and proc.returncode not in (0, -signal.SIGKILL):
-            raise SystemExit(f"{env_id} failed:\n{err[-2000:]}")
-    return {"env": env_id, "first_update_s": seconds,
-            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-            "peak_rss_gb": after.ru_maxrss / 2**20}  # ru_maxrss is in KiB on Linux
+                proc.send_signal(signal.SIGKILL)  # the final evaluation is not part of the first update
+            elif seconds is None and time.perf_counter() - t0 > limit:
+                proc.send_signal(signal.SIGKILL)
+            time.sleep(0.2)
+        proc.returncode = ended
+        if seconds is None and ended != -signal.SIGKILL:
+            raise SystemExit(f"{env_id} failed with exit code {ended}; run {' '.join(cmd)} to see why")
+    return {"env": env_id, "first_update_s": seconds, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_gb": usage.ru_maxrss / 2**20}  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """``rl-vf compare`` and ``rl-vf suite``: train every (variant, seed) of a comparison as a
-subprocess, then report final performance, learning curves, sample efficiency and compute with
-stratified-bootstrap confidence intervals (``rl_vf.stats``); ``suite`` runs one comparison per
+process of its own (forked from a server that imported rl_vf once), then report final
+performance, learning curves, sample efficiency and compute with stratified-bootstrap confidence
+intervals (``rl_vf.stats``); ``suite`` runs one comparison per
 entry of a YAML file and summarises across them.
 
 Definitions the reports use (each report repeats them):
@@ -33,11 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -210,26 +211,54 @@ def resumable(run_dir: str) -> bool:
 
 
 def train_command(config: dict, resume: str | None) -> list[str]:
+    """``rl-vf train``'s arguments for a run of ``config`` (continuing ``resume`` if given)."""
     flags = [a for key, value in config.items()
              for a in (flag(key), json.dumps(value) if isinstance(value, dict) else str(value))]
-    return [sys.executable, "-m", "rl_vf", "train", *(["--resume", resume] if resume else []), *flags]
+    return ["train", *(["--resume", resume] if resume else []), *flags]
+
+
+# Each run is a process of its own (isolated, killable, its own exit code), forked from a server that
+# has imported rl_vf once: a run then starts in milliseconds instead of the seconds that importing
+# torch, transformers and wandb takes, which dominated a short run (measured in docs/benchmark.md).
+_RUNNERS = multiprocessing.get_context("forkserver")
+_RUNNERS.set_forkserver_preload(["rl_vf.cli", "envs"])
+
+
+def run_train(argv: list[str], log_path: str, cwd: str, environ: dict) -> None:
+    """The body of one run's process: ``rl-vf train argv`` as ``python -m rl_vf`` would run it in
+    ``cwd`` with ``environ``, its output appended to ``log_path``; the exit code is main's."""
+    os.chdir(cwd)
+    sys.path.insert(0, cwd)  # as python -m does: the working directory's modules (a user's env) import
+    os.environ.clear()
+    os.environ.update(environ)
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    from rl_vf.cli import main
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
 
 
 def launch(comp: Comparison, variant: Variant, seed: int) -> tuple[int, float]:
     """Train one run to its end (continuing from a checkpoint if there is one); returns the exit
-    code and the seconds it took. Output goes to the run's train.log."""
+    code (negative: killed by that signal) and the seconds it took. Output goes to the run's train.log."""
     run_dir = comp.run_dir(variant, seed)
     resume = run_dir if resumable(run_dir) else None
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run that died before its first checkpoint starts over
     os.makedirs(run_dir, exist_ok=True)
-    cmd = train_command(comp.run_config(variant, seed), resume)
+    argv = train_command(comp.run_config(variant, seed), resume)
+    log_path = os.path.join(run_dir, LOG)
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(['rl-vf', *argv])}\n")
     start = time.monotonic()
-    with open(os.path.join(run_dir, LOG), "a") as log:
-        log.write(f"$ {shlex.join(cmd)}\n")
-        log.flush()
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    return code, time.monotonic() - start
+    run = _RUNNERS.Process(target=run_train, args=(argv, log_path, os.getcwd(), dict(os.environ)))
+    run.start()
+    run.join()
+    return run.exitcode, time.monotonic() - start
 
 
 def log_tail(path: str, lines: int = 12) -> str:
@@ -737,7 +766,7 @@ def add_parsers(sub) -> None:
     """Add ``compare`` and ``suite`` to the subcommands of ``rl-vf``."""
     p = sub.add_parser(
         "compare", help="train every (variant, seed) on one env in parallel and write a statistical report",
-        description="Train each variant with seeds 0..N-1 as `rl-vf train` subprocesses (--threads 1 each, --jobs "
+        description="Train each variant with seeds 0..N-1 as `rl-vf train` processes (--threads 1 each, --jobs "
                     "at a time; output in OUT/runs/<variant>/s<seed>/train.log), then write OUT/report.md, "
                     "OUT/report.html (self-contained), OUT/results.json and OUT/plots/: final performance (IQM, "
                     "mean, median with 95% stratified-bootstrap CIs), P(X > Y) for each pair, learning curves, "

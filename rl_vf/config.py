@@ -309,7 +309,7 @@ def load_yaml(path: str) -> dict:
 
 def make_config(*layers: dict) -> TrainConfig:
     """Defaults, then the env's own defaults (ENV_DEFAULTS), then each mapping in turn (later
-    wins); coerced and validated."""
+    wins; env_kwargs key by key over the env's own); coerced and validated."""
     merged: dict = {}
     for layer in layers:
         for key, value in layer.items():
@@ -317,6 +317,8 @@ def make_config(*layers: dict) -> TrainConfig:
                 raise unknown_key(key, "the overrides")
             merged[key] = coerce(key, value)
     env_layer = ENV_DEFAULTS.get(merged.get("env", FIELDS["env"].default), {})
+    if "env_kwargs" in env_layer and "env_kwargs" in merged:  # the user's keys over the env's, not instead
+        merged["env_kwargs"] = {**env_layer["env_kwargs"], **merged["env_kwargs"]}
     return TrainConfig(**{**env_layer, **merged}).validate()
 
 

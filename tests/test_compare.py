@@ -1,8 +1,10 @@
 """rl-vf compare / suite: the runs it launches, resuming, bad input, and the report's statistics."""
 import argparse
 import json
-import shutil
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import tests.toy_env  # noqa: F401  (registers PickThree-v0)
 from rl_vf import compare, stats
 from rl_vf.cli import main
 from rl_vf.config import ConfigError
+from rl_vf.metrics_log import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [f"--set={kv}" for kv in ("hidden_size=32", "layers=1", "heads=2", "intermediate_size=64", "max_action_tokens=1",
@@ -312,3 +315,30 @@ def test_every_run_left_out_at_equal_compute_is_named_with_the_reason(tmp_path):
     assert at["reinforce:none"]["left_out"] == [] and at["reinforce:none"]["n"] == 4
     md = (tmp_path / "report.md").read_text()
     assert "| s0, s1 |" in md and "Left out: runs whose first smoothed point" in md
+
+
+def test_a_forked_run_equals_the_same_run_as_a_fresh_subprocess(tmp_path, monkeypatch):
+    """compare forks each run from a preloaded server: same exit code, same numbers as python -m rl_vf."""
+    monkeypatch.chdir(ROOT)
+    comp = compare.make_comparison(str(tmp_path / "cmp"), "tests.toy_env:PickThree-v0", {}, ["reinforce:rloo"], 1, 64,
+                                   sets={"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64,
+                                         "max_action_tokens": 1, "episodes_per_update": 32, "num_envs": 32,
+                                         "final_eval_episodes": 16}, wandb="disabled")
+    variant = comp.variants[0]
+    code, _ = compare.launch(comp, variant, 0)
+    forked = comp.run_dir(variant, 0)
+    assert code == 0 and compare.finished(forked)
+    fresh = tmp_path / "fresh"
+    argv = compare.train_command({**comp.run_config(variant, 0), "out": str(fresh)}, None)
+    subprocess.run([sys.executable, "-m", "rl_vf", *argv], check=True, capture_output=True)
+    rows = [[{k: v for k, v in r.items() if not k.startswith("perf/")} for r in read_metrics(os.path.join(d, "metrics.jsonl"))]
+            for d in (forked, fresh)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    summaries = [json.loads(open(os.path.join(d, "summary.json")).read()) for d in (forked, fresh)]
+    assert summaries[0]["eval/success_rate"] == summaries[1]["eval/success_rate"]
+
+    missing = str(tmp_path / "no-model")
+    bad = compare.Comparison(str(tmp_path / "bad"), "tests.toy_env:PickThree-v0", {}, [compare.parse_variant("ppo", {})],
+                             [0], {"model": missing, "wandb": "disabled"})
+    assert compare.launch(bad, bad.variants[0], 0)[0] == 2  # the child's exit code comes back
+    assert "cannot load model" in open(os.path.join(bad.run_dir(bad.variants[0], 0), "train.log")).read()
