@@ -239,12 +239,14 @@ ENV_DEFAULTS: dict[str, dict] = {
     # ~90 characters (128 tokens instead of the action space's 512 stops runaway samples early).
     # lr 1e-3 undid the warm start here too (greedy success 0.59 -> 0.34, 62% invalid programs); at
     # 3e-4 RL keeps it but does not improve on it yet (docs/results.md).
-    # A character model does not learn to spell legal chess moves from a few thousand games (99.7% of
-    # greedy KQK games ended on an illegal move); sampling among the legal moves lets it learn which.
-    "ChessEndgame-v0": {"constrain_actions": "legal"},
-    "Chess-v0": {"constrain_actions": "legal"},
     "CodeFunction-v0": {"total_episodes": 6000, "episodes_per_update": 256, "warm_start_demos": 2000,
                         "env_threads": 8, "max_action_tokens": 128, "lr": 3e-4},
+    # A character model does not learn to spell legal chess moves from a few thousand games (99.7% of
+    # greedy KQK games ended on an illegal move); sampling among the legal moves lets it learn which.
+    # The compact board (77 characters a turn instead of 164) halves a transcript; attention over it
+    # is what an update spends its time on.
+    "ChessEndgame-v0": {"constrain_actions": "legal", "env_kwargs": {"compact": True}},
+    "Chess-v0": {"constrain_actions": "legal", "env_kwargs": {"compact": True}},
 }
 
 

@@ -42,6 +42,11 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     if attention_mask is None and past:  # new tokens after cached ones: causal needs an explicit mask
         attention_mask = torch.ones(batch, past + new, dtype=torch.bool, device=input_ids.device)
     cos, sin = rotary(trunk.rotary_emb, position_ids, hidden.dtype)
+    if attention_mask is not None and attention_mask.dim() == 2 and not past and right_padded(attention_mask):
+        # Each row's tokens come first: causal attention gives them the same outputs as the padding
+        # mask would (padding queries differ, and nothing reads them), through SDPA's fused causal
+        # kernel instead of a (B, 1, T, T) mask (2.1x less time and no T x T buffer; docs/benchmark.md).
+        attention_mask = None
     mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else visible(attention_mask, new)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -62,6 +67,12 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
         hidden = hidden + F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight),
                                    mlp.down_proj.weight)
     return rms_norm(trunk.norm, hidden)
+
+
+def right_padded(mask: torch.Tensor) -> bool:
+    """Whether every row of a 2-D padding mask is its tokens, then only padding."""
+    mask = mask.bool()
+    return bool((mask[:, 1:] <= mask[:, :-1]).all())
 
 
 def visible(live: torch.Tensor, queries: int | torch.Tensor, window: int = 0) -> torch.Tensor:

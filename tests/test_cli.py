@@ -100,6 +100,13 @@ def test_env_defaults_sit_between_the_defaults_and_the_user(tmp_path, capsys):
     assert "ConnectFour-v0: total_episodes=10240" in " ".join(capsys.readouterr().out.split())
 
 
+def test_env_kwargs_go_key_by_key_over_the_envs_own():
+    assert make_config({"env": "ChessEndgame-v0"}).env_kwargs == {"compact": True}
+    assert make_config({"env": "ChessEndgame-v0", "env_kwargs": {"material": "KRK"}}).env_kwargs == \
+        {"compact": True, "material": "KRK"}
+    assert make_config({"env": "ChessEndgame-v0", "env_kwargs": {"compact": False}}).env_kwargs == {"compact": False}
+
+
 def test_eval_command_reads_a_run(tmp_path, capsys):
     assert main(ttt_args(tmp_path / "run", 32)) == 0
     capsys.readouterr()

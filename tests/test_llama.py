@@ -34,6 +34,31 @@ def test_full_forward_matches_hugging_face(kv_heads):
                                atol=1e-5, rtol=0)
 
 
+def test_right_padded_batches_take_the_causal_kernel_and_other_masks_the_mask(monkeypatch):
+    """rl_vf's training batches (tokens, then padding) run SDPA's causal kernel; a mask with a hole
+    (or left padding) keeps the explicit mask. Both match Hugging Face on the real tokens."""
+    trunk = make_trunk()
+    ids = torch.randint(0, 50, (3, 9))
+    right = torch.arange(9)[None, :] < torch.tensor([9, 6, 2])[:, None]
+    holed = right.clone()
+    holed[0, 3] = False
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["attn_mask"] is None and kwargs["is_causal"])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(llama.F, "scaled_dot_product_attention", spy)
+    for mask, causal in ((right, True), (holed, False), (right.flip(1), False)):
+        calls.clear()
+        assert llama.right_padded(mask) == causal
+        real = mask[..., None].expand(-1, -1, 32)
+        ours = llama.forward(trunk, ids, mask.long())[real]
+        assert calls == [causal] * 2  # each layer (F is torch's: Hugging Face's calls would count too)
+        torch.testing.assert_close(ours, hf_hidden(trunk, ids, mask.long())[real], atol=1e-5, rtol=0)
+
+
 def test_cached_forward_matches_hugging_face():
     """A prefill and then one-token steps, with per-row positions and masked columns (the engine's
     use: a row whose earlier column is hidden), into the same kind of cache for both."""
