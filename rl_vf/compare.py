@@ -37,6 +37,7 @@ import math
 import multiprocessing
 import os
 import re
+import runpy
 import shlex
 import shutil
 import sys
@@ -234,12 +235,8 @@ def run_train(argv: list[str], log_path: str, cwd: str, environ: dict) -> None:
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    from rl_vf.cli import main
-
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+    sys.argv = ["rl-vf", *argv]
+    runpy.run_module("rl_vf", run_name="__main__")  # exits with main's code (SystemExit)
 
 
 def launch(comp: Comparison, variant: Variant, seed: int) -> tuple[int, float]:
