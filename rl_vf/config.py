@@ -245,8 +245,8 @@ ENV_DEFAULTS: dict[str, dict] = {
     # greedy KQK games ended on an illegal move); sampling among the legal moves lets it learn which.
     # The compact board (77 characters a turn instead of 164) halves a transcript; attention over it
     # is what an update spends its time on (first 64-game update of KQK: over 5 CPU minutes without,
-    # 82 s with). A whole game of Chess-v0 is cut at 40 moves for the same reason (at 100, the
-    # first update took over 146 CPU s).
+    # 82 s with). A whole game of Chess-v0 is cut at 40 moves for the same reason (its first update
+    # still takes about 200 CPU s; docs/benchmark.md, "First update of every env").
     "ChessEndgame-v0": {"constrain_actions": "legal", "env_kwargs": {"compact": True}},
     "Chess-v0": {"constrain_actions": "legal", "env_kwargs": {"compact": True, "max_moves": 40}},
 }
