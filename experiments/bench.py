@@ -629,10 +629,8 @@ def bench_launch(scale: Scale, device: torch.device, threads: int) -> dict:
             log(f"launch: run {i + 1} of {scale.launch_warmup + scale.launch_runs}, forked and subprocess ...")
             argv = train_cmd(os.path.join(tmp, f"f{i}"), device, threads, *flags)[3:]
             start = time.perf_counter()
-            run = compare._RUNNERS.Process(target=compare.run_train,
-                                           args=(argv, os.path.join(tmp, f"f{i}.log"), ROOT, dict(os.environ)))
-            run.start()
-            run.join()
+            if compare.run_forked(argv, os.path.join(tmp, f"f{i}.log")):
+                raise RuntimeError(f"a forked run failed; its log: {os.path.join(tmp, f'f{i}.log')}")
             if i >= scale.launch_warmup:
                 seconds["forked"].append(time.perf_counter() - start)
             start = time.perf_counter()

@@ -252,10 +252,16 @@ def launch(comp: Comparison, variant: Variant, seed: int) -> tuple[int, float]:
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(['rl-vf', *argv])}\n")
     start = time.monotonic()
+    return run_forked(argv, log_path), time.monotonic() - start
+
+
+def run_forked(argv: list[str], log_path: str) -> int:
+    """``rl-vf train argv`` in a process forked from the preloaded server, here and with this
+    environment, output appended to ``log_path``; returns its exit code (negative: killed by that signal)."""
     run = _RUNNERS.Process(target=run_train, args=(argv, log_path, os.getcwd(), dict(os.environ)))
     run.start()
     run.join()
-    return run.exitcode, time.monotonic() - start
+    return run.exitcode
 
 
 def log_tail(path: str, lines: int = 12) -> str:
@@ -449,14 +455,16 @@ def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int 
     results["final"] = {v: stats.aggregate(x, REPS, ALPHA, seed) for v, x in scores.items()}
     results["scores"] = scores
     results["improvement"] = improvement(scores, seed)
+    updates = [len(r.series("train/episodes", train_key)[0]) for rs in done.values() for r in rs]
+    results["updates_per_run"] = [min(updates), max(updates)]
     periodic_eval = any(metric in row for rs in done.values() for r in rs for row in r.rows)
-    results["curves"] = learning_curves(done, [train_key, metric] if periodic_eval else [train_key], seed)
+    # A single point per run draws no curve: none are made (the verdict says why).
+    results["curves"] = learning_curves(done, [train_key, metric] if periodic_eval else [train_key], seed) \
+        if max(updates) >= 2 else {}
     eff = results["sample_efficiency"] = sample_efficiency(done, train_key, fraction, seed, target)
     results["compute"] = compute(done, train_key, seed)
     poi = {(d["x"], d["y"]): d["poi"] for d in results["improvement"]}
     ref = eff["reference"]
-    updates = [len(r.series("train/episodes", train_key)[0]) for rs in done.values() for r in rs]
-    results["updates_per_run"] = [min(updates), max(updates)]
     learned = eff["level"] > 0
     results["verdict"] = budget_lines(results["updates_per_run"], learned, train_key) + [
         verdict(ref, v, poi[ref, v], eff["ratios"]["train/episodes"][v] if learned else None, eff["level"])
@@ -512,10 +520,9 @@ def comparison_blocks(comp: Comparison, results: dict, plots: dict[str, str]) ->
                ("p", f"IQM over seeds with 95% bootstrap bands; each run is interpolated linearly onto a common "
                      f"grid of {GRID_POINTS} points per x axis, and a variant is drawn where all its runs have data. "
                      f"{metric} curves are the periodic evaluations (eval_every).")]
+    blocks += [("img", plots[f"curves {key}"], f"learning curves {key}") for key in results["curves"]]
     if results["updates_per_run"][1] < 2:
         blocks.append(("p", "No curves: every run has a single update (see the verdict)."))
-    else:
-        blocks += [("img", plots[f"curves {key}"], f"learning curves {key}") for key in results["curves"]]
 
     ref = eff["reference"]
     blocks += [("h2", "Sample efficiency"),
@@ -577,7 +584,7 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
     if "final" in results:
         plots["final"] = "plots/final.png"
         plot_intervals(results["final"], os.path.join(comp.out, plots["final"]), comp.metric)
-        for key, curves in (results["curves"] if results["updates_per_run"][1] >= 2 else {}).items():
+        for key, curves in results["curves"].items():
             plots[f"curves {key}"] = f"plots/curves_{key.replace('/', '_')}.png"
             plot_curves(curves, os.path.join(comp.out, plots[f"curves {key}"]), key, list(results["final"]), X_AXES)
     blocks = comparison_blocks(comp, results, plots)

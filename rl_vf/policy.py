@@ -10,6 +10,7 @@ in the ``critic/`` subfolder (its trunk and value head, in the same layout).
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 from dataclasses import dataclass
@@ -353,7 +354,12 @@ def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=
 def cache_kwarg(model: nn.Module) -> str:
     """The name of a Hugging Face model's cache argument: transformers 5.25 renamed ``past_key_values``
     to ``cache`` (the old name goes in 5.40), earlier 5.x releases know only the old one."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return _cache_kwarg(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(model_class: type) -> str:  # read once per class: trunk_hidden runs every decode step
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def aligned_values(values: torch.Tensor) -> dict:

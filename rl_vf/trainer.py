@@ -94,10 +94,14 @@ class Trainer:
     # ---- one iteration -------------------------------------------------------------------
     def collect_batch(self, on_done=None) -> tuple[list[Episode], RolloutBatch]:
         """This update's episodes, played by the policy, and the batch of them on the trainer's device."""
-        cfg = self.cfg
-        sizes = update_sizes(cfg.total_episodes, cfg.episodes_per_update, cfg.group_size)
-        size = sizes[self.update_idx] if self.update_idx < len(sizes) else cfg.episodes_per_update
+        sizes = self.batch_sizes()
+        size = sizes[self.update_idx] if self.update_idx < len(sizes) else self.cfg.episodes_per_update
         return self.actor.collect(self.update_idx, size, on_done)
+
+    def batch_sizes(self) -> list[int]:
+        """Episodes of each update of this run (``update_sizes`` of its config)."""
+        cfg = self.cfg
+        return update_sizes(cfg.total_episodes, cfg.episodes_per_update, cfg.group_size)
 
     def branch_values(self, episodes: list[Episode], batch: RolloutBatch) -> torch.Tensor | None:
         """The values the algorithm asks the actor for (Monte-Carlo continuations), with their cost
@@ -127,7 +131,7 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------
     def train(self, log: MetricsLog) -> dict:
         cfg = self.cfg
-        sizes = update_sizes(cfg.total_episodes, cfg.episodes_per_update, cfg.group_size)
+        sizes = self.batch_sizes()
         total_updates, played = len(sizes), sum(sizes)
         if played != cfg.total_episodes and self.update_idx == 0:
             print(f"note: total_episodes {cfg.total_episodes} is not a multiple of group_size {cfg.group_size}; "
