@@ -16,13 +16,18 @@ class KeyToDoorEnv(TextEnv):
     After TVT's key-to-door and bsuite's umbrella: the first turn offers a key, then come
     `delay` distractor turns whose actions do not matter, then a door that pays 1 only if the
     key was taken. The only decision that counts is the first one, and its reward arrives
-    `delay` + 1 turns later, optionally behind noisy distractor rewards.
+    `delay` + 1 turns later, optionally behind noisy distractor rewards. With
+    `choices_after_key=False` the turns after the key offer one action, so the key is the only
+    choice at all: outcome-only REINFORCE then scores no irrelevant choices with the outcome, and
+    at `distractor_reward_std` 0 a value function has no credit to assign (the crossover study's
+    control).
 
     ## Action Space
     Text: one character, "1" or "0" (surrounding whitespace is ignored). On the key turn "1"
     takes the key and "0" leaves it; on distractor turns and at the door either is accepted
-    and neither matters. Any other string is invalid: it never raises, it ends the episode
-    with reward 0. The declared space is `Text(max_length=1, charset="01")`.
+    and neither matters (only "0" with `choices_after_key=False`). Any other string is
+    invalid: it never raises, it ends the episode with reward 0. The declared space is
+    `Text(max_length=1, charset="01")`.
 
     ## Observation Space
     Text: "key?" on the key turn, "." on each distractor turn, "door" at the door, so an
@@ -54,10 +59,11 @@ class KeyToDoorEnv(TextEnv):
     ```python
     import gymnasium as gym
     import envs
-    gym.make("KeyToDoor-v0", delay=16, distractor_reward_std=0.0)
+    gym.make("KeyToDoor-v0", delay=16, distractor_reward_std=0.0, choices_after_key=True)
     ```
     - `delay`: the number of distractor turns, an int >= 0.
     - `distractor_reward_std`: the standard deviation of each distractor reward, >= 0.
+    - `choices_after_key`: whether the distractor turns and the door accept "1" as well as "0".
 
     ## Version History
     - v0: Initial version.
@@ -67,7 +73,7 @@ class KeyToDoorEnv(TextEnv):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, delay: int = 16, distractor_reward_std: float = 0.0):
+    def __init__(self, delay: int = 16, distractor_reward_std: float = 0.0, choices_after_key: bool = True):
         if not isinstance(delay, int) or delay < 0:
             raise ValueError(f"delay={delay!r} is not valid; it must be an int >= 0")
         if not 0.0 <= distractor_reward_std < math.inf:  # also rejects NaN
@@ -75,7 +81,10 @@ class KeyToDoorEnv(TextEnv):
                 f"distractor_reward_std={distractor_reward_std!r} is not valid;"
                 " it must be finite and >= 0"
             )
+        if not isinstance(choices_after_key, bool):
+            raise ValueError(f"choices_after_key={choices_after_key!r} is not valid; it must be True or False")
         self.delay = delay
+        self.choices_after_key = choices_after_key
         self.distractor_reward_std = float(distractor_reward_std)
         charset = "".join(sorted(set(KEY_OBS + DISTRACTOR_OBS + DOOR_OBS)))
         self.observation_space = text_space(charset, max_length=len(DOOR_OBS))
@@ -91,7 +100,7 @@ class KeyToDoorEnv(TextEnv):
         if not isinstance(action, str):
             raise TypeError(f"action must be a str, got {type(action).__name__}")
         choice = action.strip()
-        if choice not in (TAKE, LEAVE):
+        if choice not in self.legal_actions():
             return self._observation(), 0.0, True, False, self._info(invalid=True)
         if self._turn == 0:
             self._has_key = choice == TAKE
@@ -104,11 +113,12 @@ class KeyToDoorEnv(TextEnv):
         return self._observation(), reward, self._turn > self.delay + 1, False, self._info()
 
     def expert_action(self, rng) -> str:
-        """Take the key; a uniformly random action on every other turn."""
-        return TAKE if self._turn == 0 else self.legal_actions()[int(rng.integers(2))]
+        """Take the key; a uniformly random legal action on every other turn."""
+        legal = self.legal_actions()
+        return TAKE if self._turn == 0 else legal[int(rng.integers(len(legal)))]
 
     def legal_actions(self) -> list[str]:
-        return [TAKE, LEAVE]
+        return [TAKE, LEAVE] if self._turn == 0 or self.choices_after_key else [LEAVE]
 
     def _observation(self) -> str:
         if self._turn == 0:

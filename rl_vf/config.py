@@ -90,10 +90,10 @@ class TrainConfig:
                       "without a learned critic, which leave it unused)", "auto")
     critic_lr: float | None = doc("Adam learning rate of the value function (ppo: the separate critic, or the value "
                                   "head on a shared trunk); none: lr", None)
-    critic_warmup_updates: int = doc("ppo: at most N updates at the start train only the value function (no policy "
-                                     "gradient, entropy or KL; the policy LM stays as it is) while the batch's "
-                                     "value/bias, measured on its fresh episodes before the update, is above "
-                                     "critic_warmup_bias; their episodes count", 8)
+    critic_warmup_updates: int = doc("ppo: at most N updates at the start do not trust the critic: while the "
+                                     "batch's value/bias, measured on its fresh episodes before the update, is "
+                                     "above critic_warmup_bias, the policy learns from outcome-only advantages "
+                                     "(REINFORCE with `baseline`) as the critic fits the returns", 8)
     critic_warmup_bias: float = doc("ppo: the critic warm-up ends at the first batch whose |value/bias| is at most "
                                     "this, or at most twice its standard error over the batch's episodes "
                                     "(value/bias_se), whichever is larger", 0.05)

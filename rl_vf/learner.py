@@ -10,8 +10,12 @@ import torch
 
 from rl_vf.advantages import returns_to_go
 from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, whiten
+from rl_vf.algos.reinforce import Reinforce
 from rl_vf.config import TrainConfig
 from rl_vf.engine import RolloutBatch
+
+
+OUTCOME_ONLY = Reinforce()  # the policy's advantages while the critic warms up
 
 
 class NonFiniteLoss(RuntimeError):
@@ -37,8 +41,10 @@ class Learner:
 
     Critic warm-up (algorithms with a critic): while ``cfg.critic_warmup_updates`` updates are left,
     an update whose batch shows a value bias (``value/bias``, measured before the update on its
-    fresh episodes: held out from everything the critic was fitted to) above the tolerance trains
-    only the critic; the first batch within it ends the warm-up and trains the policy as usual. The
+    fresh episodes: held out from everything the critic was fitted to) above the tolerance does not
+    trust the critic's advantages: the policy learns from the outcome alone (REINFORCE's advantages
+    with ``cfg.baseline``) while the critic fits the batch's returns, so the warm-up costs the policy
+    no episodes. The first batch within the tolerance ends the warm-up. The
     tolerance is ``cfg.critic_warmup_bias`` or twice the bias's standard error over the batch's
     episodes (``value/bias_se``), whichever is larger: with noisy returns no critic can show a
     smaller bias on one batch (KeyToDoor with distractor noise: 0.15-0.25 from batch to batch)."""
@@ -85,18 +91,19 @@ class Learner:
                 old["values"] = values
             has_values = algo.uses_critic or algo.uses_branches
             stats = value_stats(old["values"], batch, cfg.gamma) if has_values else {}
-            critic_only = self.warming_up(algo, stats)
             ref = None
-            if self.reference is not None and not critic_only:
+            if self.reference is not None:
                 ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size, cfg.update_tokens)["logprobs"]
             advantages, returns = algo.advantages(batch, old, cfg)
+            if self.warming_up(algo, stats):
+                advantages = OUTCOME_ONLY.advantages(batch, old, cfg)[0]
             if returns is not None:
                 stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
             if cfg.normalize_advantages:
                 advantages = whiten(advantages, mask)
         # perf/trained_tokens counts a token once per transformer it is trained through: the policy
-        # LM and a separate critic (a warm-up update runs only one of them).
-        models = 1 if critic_only or policy.critic is None else 2
+        # LM and a separate critic.
+        models = 1 if policy.critic is None else 2
 
         totals: dict[str, float] = {}
         steps, tokens = 0, 0
@@ -106,7 +113,7 @@ class Learner:
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
                 for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device), cfg.update_tokens):
-                    loss, terms, parts = self.part_loss(batch, sl, algo, old, ref, advantages, returns, critic_only)
+                    loss, terms, parts = self.part_loss(batch, sl, algo, old, ref, advantages, returns)
                     if not torch.isfinite(loss):
                         raise NonFiniteLoss({k: float(v.detach()) for k, v in terms.items()})
                     if steps == 0 and not tokens:  # the first part of an update: what each term pulls with
@@ -119,8 +126,7 @@ class Learner:
                 self.optimizer.step()
                 for k, v in step_terms.items():
                     totals[k] = totals.get(k, 0.0) + v
-                if not critic_only:
-                    epoch_kl.append(step_terms["ppo/approx_kl"])
+                epoch_kl.append(step_terms["ppo/approx_kl"])
                 steps += 1
             if cfg.target_kl and epoch_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
                 break
@@ -129,8 +135,9 @@ class Learner:
         return Update(stats, tokens)
 
     def warming_up(self, algo, stats: dict) -> bool:
-        """Whether this update is a critic warm-up update (see the class docstring); logs
-        ``critic/warmup`` (1 for a warm-up update) and counts the warm-up down."""
+        """Whether this update is a critic warm-up update (see the class docstring: the policy's
+        advantages are outcome-only); logs ``critic/warmup`` (1 for a warm-up update) and counts the
+        warm-up down."""
         if not algo.uses_critic or self.warmup_left <= 0:
             return False
         warm = abs(stats["value/bias"]) > max(self.cfg.critic_warmup_bias, 2 * stats["value/bias_se"])
@@ -146,26 +153,20 @@ class Learner:
         return algo.uses_critic or algo.uses_branches or cfg.epochs > 1 or cfg.minibatch_size < batch_size
 
     def part_loss(self, batch: RolloutBatch, sl, algo, old: dict, ref: torch.Tensor | None, advantages: torch.Tensor,
-                  returns: torch.Tensor | None, critic_only: bool) -> tuple[torch.Tensor, dict, dict]:
+                  returns: torch.Tensor | None) -> tuple[torch.Tensor, dict, dict]:
         """The loss on one part ``sl`` of a minibatch, its named terms (loss/*, ppo/* statistics) and
         its parts as they enter the loss (each term times its weight, for ``grad_norms``).
 
         Every algorithm shares the policy terms (clipped policy gradient, entropy bonus, KL to the
         reference): arms differ only in their advantages and their own terms (``algo.loss_terms``).
-        ``critic_only`` (critic warm-up): the algorithm's terms alone, scored so that the policy LM gets
-        no gradient (``Policy.score_values``); the caller passes no reference then.
         """
         cfg, m = self.cfg, batch.action_mask[sl]
-        if critic_only:
-            new = self.policy.score_values(batch.tokens[sl], batch.attention_mask[sl])
-            terms, parts = {}, {}
-        else:
-            new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
-            old_logprobs = old["logprobs"][sl] if "logprobs" in old else new["logprobs"].detach()
-            pg, pg_stats = policy_loss(new["logprobs"], old_logprobs, advantages[sl], m, cfg.clip)
-            entropy = masked_mean(new["entropy"], m)
-            terms = {"loss/pg": pg, "loss/entropy": entropy, **{f"ppo/{k}": v for k, v in pg_stats.items()}}
-            parts = {"pg": pg, "entropy": -cfg.ent_coef * entropy}
+        new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
+        old_logprobs = old["logprobs"][sl] if "logprobs" in old else new["logprobs"].detach()
+        pg, pg_stats = policy_loss(new["logprobs"], old_logprobs, advantages[sl], m, cfg.clip)
+        entropy = masked_mean(new["entropy"], m)
+        terms = {"loss/pg": pg, "loss/entropy": entropy, **{f"ppo/{k}": v for k, v in pg_stats.items()}}
+        parts = {"pg": pg, "entropy": -cfg.ent_coef * entropy}
         for name, (term, coef) in algo.loss_terms(new, old, returns, sl, m, cfg).items():
             terms[name] = term
             parts[name.removeprefix("loss/")] = coef * term

@@ -282,19 +282,6 @@ class Policy(nn.Module):
             out["entropy"] = torch.cat([zero, -(p * torch.where(p > 0, logp, 0.0)).sum(-1)], 1)
         return out
 
-    def score_values(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-        """``values`` and ``next_value`` as ``score`` gives them, with no gradient into the policy LM
-        (critic warm-up): the separate critic alone, or the value head on a shared trunk run without
-        gradient."""
-        attention_mask = self.attention_mask(attention_mask, tokens)
-        with self.autocast(tokens.device):
-            if self.critic is not None:
-                values = self.critic(tokens, attention_mask=attention_mask)
-                return aligned_values(values)
-            with torch.no_grad():
-                hidden = trunk_hidden(self.lm.base_model, tokens, attention_mask)
-            return aligned_values(head_values(self.value_head, hidden))
-
     @property
     def attention_window(self) -> int:
         """Tokens each token attends to, itself included (0: all before it); saved in the LM's config."""

@@ -150,3 +150,30 @@ def test_non_string_action_is_a_type_error():
 def test_bad_arguments_raise(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         KeyToDoorEnv(**kwargs)
+
+
+@pytest.mark.parametrize("take", ["1", "0"])
+def test_without_choices_after_the_key_only_the_key_is_a_choice(take):
+    env = KeyToDoorEnv(delay=3, choices_after_key=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(gym.make("KeyToDoor-v0", delay=3, choices_after_key=False).unwrapped)
+    env.reset(seed=0)
+    assert env.legal_actions() == ["1", "0"]
+    env.step(take)
+    rewards = []
+    for _ in range(4):  # 3 distractors and the door: one legal action each
+        assert env.legal_actions() == ["0"]
+        obs, reward, terminated, _, info = env.step("0")
+        rewards.append(reward)
+        assert not info["invalid_action"]
+    assert terminated and rewards == [0.0, 0.0, 0.0, float(take == "1")] and info["success"] == (take == "1")
+    env.reset(seed=0)
+    env.step("1")
+    obs, reward, terminated, _, info = env.step("1")  # "1" after the key is invalid here
+    assert terminated and reward == 0.0 and info["invalid_action"] and info["value"] == 0.0
+
+
+def test_choices_after_key_must_be_a_bool():
+    with pytest.raises(ValueError, match="choices_after_key='no'"):
+        KeyToDoorEnv(choices_after_key="no")
