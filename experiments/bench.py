@@ -446,9 +446,9 @@ def save_arithmetic_model(folder: str, scale: Scale, device: torch.device, threa
     curves start above zero), saved for both trainers to load. Its generation config lists every stop
     token, so TRL's generate stops (and masks) at a newline like the engine."""
     cfg = TrainConfig(env="Arithmetic-v0", env_kwargs=ARITHMETIC, warm_start_demos=scale.trl_demos, device=device.type,
-                      threads=threads, final_eval_episodes=scale.trl_prompts).validate()
+                      threads=threads).validate()
     warm = os.path.join(folder, "warm_start")
-    pretrain(cfg, warm)
+    pretrain(cfg, warm, scale.trl_prompts)
     policy, tokenizer = load_policy(os.path.join(warm, "checkpoints", "final"))
     policy.lm.generation_config.eos_token_id = stop_ids(tokenizer)
     model = os.path.join(folder, "model")

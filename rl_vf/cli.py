@@ -190,7 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.warm_start_demos and not checkpoint:
         from rl_vf.pretrain import pretrain
 
-        warm = pretrain(cfg, os.path.join(run_dir, "warm_start"))
+        # A check on the way, not the run's result: the periodic evaluation's size, not the final one's.
+        warm = pretrain(cfg, os.path.join(run_dir, "warm_start"), cfg.eval_episodes)
         print_warm_start(warm)
         cfg.model = warm["checkpoint"]  # config.yaml records where RL started from
     trainer = Trainer(cfg, run_dir)  # validates env and model before anything is written
@@ -340,7 +341,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = make_config(PRETRAIN_DEFAULTS, file_layer, flags)
     run_dir = cfg.out or default_run_dir(cfg, "pretrain")
     cfg.out = run_dir
-    summary = pretrain(cfg, run_dir)
+    summary = pretrain(cfg, run_dir, cfg.final_eval_episodes)
     print(f"run folder: {run_dir}")
     print_warm_start(summary)
     print(f"train from it: make train ENV={cfg.env} MODEL={summary['checkpoint']}")

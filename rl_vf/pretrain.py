@@ -74,9 +74,10 @@ def check_demonstrator(env, env_id: str) -> None:
                           f"(see envs/base.py); built-in envs: {', '.join(envs.ENV_IDS)}") from None
 
 
-def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
+def pretrain(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:
     """Generate ``cfg.warm_start_demos`` demonstrations, fit the policy to them (``warm_start_epochs``
-    at ``warm_start_lr``), save checkpoints/final and evaluate it; returns the summary."""
+    at ``warm_start_lr``), save checkpoints/final and evaluate it on ``eval_episodes``; returns the
+    summary."""
     demos, expert_prob = cfg.warm_start_demos, cfg.warm_start_expert_prob
     if demos < 1:
         raise ConfigError(f"the number of demonstrations (--demos, warm_start_demos) must be >= 1, got {demos}")
@@ -130,11 +131,11 @@ def pretrain(cfg: TrainConfig, run_dir: str) -> dict:
     final = os.path.join(run_dir, "checkpoints", "final")
     policy.save_pretrained(final, tokenizer)
     eval_env = open_env(cfg.env, cfg.eval_kwargs)
-    metrics, _ = evaluate(policy, tokenizer, eval_env.make, cfg, cfg.final_eval_episodes, cfg.seed, cfg.eval_greedy,
+    metrics, _ = evaluate(policy, tokenizer, eval_env.make, cfg, eval_episodes, cfg.seed, cfg.eval_greedy,
                           max_action_tokens, device)
     summary = {
         "env": cfg.env, "seed": cfg.seed, "demos": demos, "expert_prob": expert_prob,
-        **episode_metrics(episodes, "demo"), **history[-1], "eval/episodes": cfg.final_eval_episodes, "eval/greedy": cfg.eval_greedy, **metrics,
+        **episode_metrics(episodes, "demo"), **history[-1], "eval/episodes": eval_episodes, "eval/greedy": cfg.eval_greedy, **metrics,
         "checkpoint": final, "perf/wall_s": time.perf_counter() - start,
     }
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
