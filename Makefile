@@ -15,7 +15,12 @@ SEEDS   ?= 5
 ALGOS   ?= ppo reinforce reinforce:rloo
 SUITE   ?= experiments/suite.yaml
 STUDY   ?= experiments/study.yaml
+NPROC   ?= 1
 STAMP    = .venv/.installed
+
+# NPROC > 1: data-parallel processes through accelerate (torchrun underneath; gloo on the CPU, NCCL on GPUs).
+LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m accelerate.commands.launch --multi_gpu --num_processes $(NPROC) \
+	--num_machines 1 --mixed_precision no --dynamo_backend no,$(PY))
 
 TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
 	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
@@ -27,7 +32,7 @@ help:
 	@echo "make system-deps             optional Debian packages for the chess envs (stockfish, gaviotatb)"
 	@echo "make test                    fast test suite (pytest, slow learning runs excluded)"
 	@echo "make test-slow               the long learning runs (pytest -m slow)"
-	@echo "make train ENV=.. ALGO=..    train (vars: ENV ALGO SEED EPISODES MODEL OUT CONFIG WANDB ARGS)"
+	@echo "make train ENV=.. ALGO=..    train (vars: ENV ALGO SEED EPISODES MODEL OUT CONFIG WANDB NPROC ARGS)"
 	@echo "make pretrain ENV=.. DEMOS=N warm-start a policy on the env's demonstrations (vars: ENV SEED MODEL OUT CONFIG ARGS)"
 	@echo "make compare ENV=.. SEEDS=5 ALGOS=\"ppo reinforce:rloo\"  variants x seeds, then a report (vars: EPISODES OUT ARGS)"
 	@echo "make suite [SUITE=experiments/suite.yaml]  several comparisons and a cross-task summary (vars: OUT ARGS)"
@@ -55,21 +60,21 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 train: $(STAMP)
-	$(PY) -m rl_vf train $(TRAIN_FLAGS) $(ARGS)
+	$(LAUNCH) -m rl_vf train $(TRAIN_FLAGS) $(ARGS)
 
 pretrain: $(STAMP)
 	$(PY) -m rl_vf pretrain --env $(ENV) --seed $(SEED) --model $(MODEL) $(if $(DEMOS),--demos $(DEMOS)) \
 		$(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 compare: $(STAMP)
-	$(PY) -m rl_vf compare --env $(ENV) --seeds $(SEEDS) --algos "$(ALGOS)" --wandb $(WANDB) \
+	$(PY) -m rl_vf compare --env $(ENV) --seeds $(SEEDS) --algos "$(ALGOS)" --wandb $(WANDB) --processes $(NPROC) \
 		$(if $(EPISODES),--episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 suite: $(STAMP)
-	$(PY) -m rl_vf suite --config $(SUITE) --wandb $(WANDB) $(if $(OUT),--out $(OUT)) $(ARGS)
+	$(PY) -m rl_vf suite --config $(SUITE) --wandb $(WANDB) --processes $(NPROC) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 study: $(STAMP)
-	$(PY) -m rl_vf sweep --config $(STUDY) --wandb $(WANDB) $(if $(OUT),--out $(OUT)) $(ARGS)
+	$(PY) -m rl_vf sweep --config $(STUDY) --wandb $(WANDB) --processes $(NPROC) $(if $(OUT),--out $(OUT)) $(ARGS)
 
 eval: $(STAMP)
 	$(PY) -m rl_vf eval --checkpoint $(CHECKPOINT) $(if $(filter command line,$(origin ENV)),--env $(ENV)) \

@@ -172,11 +172,13 @@ class Actor:
     """Plays the policy in the run's envs: one training batch per update, and evaluations.
 
     ``generator`` is the run's sampling generator (shared with the learner's minibatch shuffles, so
-    a run is one random stream and resumes exactly)."""
+    a run is one random stream and resumes exactly). ``shard``: (rank, processes) of a data-parallel
+    run; each process plays its slice of every update's episodes."""
 
     def __init__(self, policy, tokenizer, cfg: TrainConfig, env: EnvInfo, eval_env: EnvInfo,
-                 max_action_tokens: int, device: torch.device, generator: torch.Generator, branching: bool = False):
-        self.policy, self.tokenizer, self.cfg = policy, tokenizer, cfg
+                 max_action_tokens: int, device: torch.device, generator: torch.Generator, branching: bool = False,
+                 shard: tuple[int, int] = (0, 1)):
+        self.policy, self.tokenizer, self.cfg, self.shard = policy, tokenizer, cfg, shard
         self.env, self.eval_env = env, eval_env
         self.max_action_tokens, self.device, self.generator = max_action_tokens, device, generator
         if branching:
@@ -195,9 +197,13 @@ class Actor:
         return [first + i // cfg.group_size for i in range(cfg.episodes_per_update)]
 
     def collect(self, update: int, size: int, on_done=None) -> tuple[list[Episode], RolloutBatch]:
-        """The first ``size`` of update ``update``'s episodes (a last batch can be smaller), played by
-        the policy, and the batch of them on the device (``on_done``: called with each episode as it ends)."""
-        episodes = self.engine.collect(self.episode_seeds(update)[:size], self.generator, on_done=on_done)
+        """This process's slice of the first ``size`` of update ``update``'s episodes (a last batch can be
+        smaller), played by the policy, and the batch of them on the device (``on_done``: called with
+        each episode as it ends)."""
+        rank, processes = self.shard
+        share = size // processes
+        seeds = self.episode_seeds(update)[rank * share:(rank + 1) * share]
+        episodes = self.engine.collect(seeds, self.generator, on_done=on_done)
         batch = RolloutBatch.from_episodes(episodes, self.tokenizer.pad_token_id, self.cfg.group_size)
         return episodes, batch.to(self.device)
 

@@ -79,11 +79,12 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
 
 
 def episode_baseline(
-    episode_returns: torch.Tensor, baseline: str, group_ids: torch.Tensor | None = None, eps: float = 1e-6
+    episode_returns: torch.Tensor, baseline: str, group_ids: torch.Tensor | None = None, eps: float = 1e-6,
+    mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-episode REINFORCE advantage: return minus a baseline (shape (B,)).
 
-    ``none``: R. ``mean``: R - batch mean. ``rloo``: R - mean of the *other* episodes of the
+    ``none``: R. ``mean``: R - batch mean (``mean``, where the batch spans processes). ``rloo``: R - mean of the *other* episodes of the
     same group. ``group``: (R - group mean) / (group std + eps), GRPO-style; a group whose
     returns are all equal gets advantage 0. ``group_ids`` marks the K episodes that share an
     initial state; rloo and group need at least 2 episodes in every group.
@@ -92,7 +93,7 @@ def episode_baseline(
     if baseline == "none":
         return R.clone()
     if baseline == "mean":
-        return R - R.mean()
+        return R - (R.mean() if mean is None else mean)
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if group_ids is None:
@@ -115,7 +116,8 @@ def reinforce(
     mask: torch.Tensor,
     baseline: str = "mean",
     group_ids: torch.Tensor | None = None,
+    mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Final-outcome credit: every action token of an episode gets the same advantage."""
-    per_episode = episode_baseline(episode_returns, baseline, group_ids)
+    per_episode = episode_baseline(episode_returns, baseline, group_ids, mean=mean)
     return per_episode[:, None] * mask.to(per_episode.dtype)

@@ -163,8 +163,10 @@ RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "critic", "critic_lr", "hid
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rl_vf.metrics_log import MetricsLog
+    from rl_vf.actor import resolve_device
     from rl_vf.config import write_config
+    from rl_vf.distributed import World
+    from rl_vf.metrics_log import MetricsLog
     from rl_vf.trainer import Interrupted, Trainer, TrainingDiverged
 
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
@@ -185,33 +187,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = make_config(file_layer, flags)
         checkpoint = None
-    run_dir = cfg.out or default_run_dir(cfg)
+    world = World.from_launch(resolve_device(cfg.device))
+    run_dir = world.gather([cfg.out or default_run_dir(cfg)])[0]  # the main process's (a default has the time)
     cfg.out = run_dir
     if cfg.warm_start_demos and not checkpoint:
         from rl_vf.pretrain import pretrain
 
-        # A check on the way, not the run's result: the periodic evaluation's size, not the final one's.
-        warm = pretrain(cfg, os.path.join(run_dir, "warm_start"), cfg.eval_episodes)
-        print_warm_start(warm)
-        cfg.model = warm["checkpoint"]  # config.yaml records where RL started from
-    trainer = Trainer(cfg, run_dir)  # validates env and model before anything is written
-    os.makedirs(run_dir, exist_ok=True)
-    write_config(cfg, run_dir)
+        warm_dir = os.path.join(run_dir, "warm_start")
+        if world.is_main:
+            # A check on the way, not the run's result: the periodic evaluation's size, not the final one's.
+            print_warm_start(pretrain(cfg, warm_dir, cfg.eval_episodes))
+        world.wait()
+        cfg.model = os.path.join(warm_dir, "checkpoints", "final")  # config.yaml records where RL started from
+    trainer = Trainer(cfg, run_dir, world)  # validates env and model before anything is written
+    log = None
+    if world.is_main:
+        os.makedirs(run_dir, exist_ok=True)
+        write_config(cfg, run_dir)
     if checkpoint:
         trainer.load_checkpoint(checkpoint)
-        print(f"resuming {run_dir} from {checkpoint} (update {trainer.update_idx})", file=sys.stderr)
-    log = MetricsLog(run_dir, cfg.to_dict(), cfg.wandb, resume_after=trainer.update_idx if checkpoint else None)
+        if world.is_main:
+            print(f"resuming {run_dir} from {checkpoint} (update {trainer.update_idx})", file=sys.stderr)
+    if world.is_main:
+        log = MetricsLog(run_dir, cfg.to_dict(), cfg.wandb, resume_after=trainer.update_idx if checkpoint else None)
     try:
         summary = trainer.train(log)
     except TrainingDiverged as e:
         print(f"rl-vf: training stopped: {e}", file=sys.stderr)
         return 1
     except Interrupted as e:
-        print(f"rl-vf: {e}\nresume with: rl-vf train --resume {run_dir}", file=sys.stderr)
+        if world.is_main:
+            print(f"rl-vf: {e}\nresume with: rl-vf train --resume {run_dir}", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # gloo / NCCL: another process of the run is gone
+        if world.size == 1:
+            raise
+        print(f"rl-vf: process {world.rank} of {world.size} stopped: another process of this data-parallel run "
+              f"failed or was killed ({type(e).__name__}: {str(e).splitlines()[0]}); resume with the same "
+              f"launch and: rl-vf train --resume {run_dir}", file=sys.stderr)
+        return 1
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         trainer.close()
+    if not world.is_main:
+        return 0
     keys = ("eval/success_rate", "eval/return_mean", "eval/invalid_action_rate")
     print(f"run folder: {run_dir}")
     print("final eval over {} episodes: {}".format(

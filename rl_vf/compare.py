@@ -40,6 +40,7 @@ import re
 import runpy
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -53,6 +54,7 @@ from rl_vf import stats
 from rl_vf.advantages import BASELINES
 from rl_vf.algos import ALGOS
 from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, flag, make_config, unknown_key
+from rl_vf.distributed import launch_command
 from rl_vf.metrics_log import log_report
 from rl_vf.report import ci, num, plot_curves, plot_intervals, plot_profiles, write_outputs
 
@@ -239,9 +241,10 @@ def run_train(argv: list[str], log_path: str, cwd: str, environ: dict) -> None:
     runpy.run_module("rl_vf", run_name="__main__")  # exits with main's code (SystemExit)
 
 
-def launch(comp: Comparison, variant: Variant, seed: int) -> tuple[int, float]:
-    """Train one run to its end (continuing from a checkpoint if there is one); returns the exit
-    code (negative: killed by that signal) and the seconds it took. Output goes to the run's train.log."""
+def launch(comp: Comparison, variant: Variant, seed: int, processes: int = 1) -> tuple[int, float]:
+    """Train one run to its end (continuing from a checkpoint if there is one), as ``processes``
+    data-parallel processes; returns the exit code (negative: killed by that signal) and the seconds
+    it took. Output goes to the run's train.log."""
     run_dir = comp.run_dir(variant, seed)
     resume = run_dir if resumable(run_dir) else None
     if not resume:
@@ -252,6 +255,10 @@ def launch(comp: Comparison, variant: Variant, seed: int) -> tuple[int, float]:
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(['rl-vf', *argv])}\n")
     start = time.monotonic()
+    if processes > 1:
+        with open(log_path, "a") as log:
+            code = subprocess.run([*launch_command(processes), *argv], stdout=log, stderr=log).returncode
+        return code, time.monotonic() - start
     return run_forked(argv, log_path), time.monotonic() - start
 
 
@@ -270,9 +277,9 @@ def log_tail(path: str, lines: int = 12) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
-def run_all(comps: list[Comparison], jobs: int, desc: str) -> list[str]:
-    """Train every run of ``comps`` without a summary.json, ``jobs`` at a time (across comparisons);
-    returns the failed runs."""
+def run_all(comps: list[Comparison], jobs: int, desc: str, processes: int = 1) -> list[str]:
+    """Train every run of ``comps`` without a summary.json, ``jobs`` at a time (across comparisons),
+    each as ``processes`` data-parallel processes; returns the failed runs."""
     runs = [(c, v, s) for c in comps for v in c.variants for s in c.seeds]
     todo = [(c, v, s) for c, v, s in runs if not finished(c.run_dir(v, s))]
     print(f"{desc}: {len(runs) - len(todo)} of {len(runs)} runs already finished; "
@@ -280,7 +287,7 @@ def run_all(comps: list[Comparison], jobs: int, desc: str) -> list[str]:
     failed = []
     with tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=desc) as bar, \
             ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(launch, c, v, s): (c, v, s) for c, v, s in todo}
+        futures = {pool.submit(launch, c, v, s, processes): (c, v, s) for c, v, s in todo}
         for future in as_completed(futures):
             c, v, s = futures[future]
             code, seconds = future.result()
@@ -598,9 +605,10 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
     return results
 
 
-def run_comparison(comp: Comparison, jobs: int) -> tuple[int, dict]:
-    """Run what is missing, write the report; exit code 1 if a run failed."""
-    failed = run_all([comp], jobs, comp.name)
+def run_comparison(comp: Comparison, jobs: int, processes: int = 1) -> tuple[int, dict]:
+    """Run what is missing (each run as ``processes`` data-parallel processes), write the report;
+    exit code 1 if a run failed."""
+    failed = run_all([comp], jobs, comp.name, processes)
     results = write_report(comp)
     pages = [os.path.join(comp.out, p) for p in [*results["plots"].values(), "report.html"]]
     log_report(comp.out, comp.name, comp.wandb,
@@ -728,13 +736,25 @@ def positive_jobs(jobs: int | None) -> int:
     return jobs
 
 
+def add_processes_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="data-parallel processes per run (accelerate launch; 1 thread each by --threads 1; "
+                        "--jobs x N processes in all; default 1)")
+
+
+def positive_processes(processes: int) -> int:
+    if processes < 1:
+        raise ConfigError(f"--processes must be >= 1, got {processes}")
+    return processes
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     env_name = args.env.split(":")[-1].replace("/", "_")
     out = args.out or os.path.join("runs", f"compare-{env_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     comp = make_comparison(out, args.env, args.env_kwargs, [v for a in args.algos for v in a.split()], args.seeds,
                            args.episodes, parse_pairs(args.set, "--set"), args.metric, args.threshold, args.wandb,
                            args.target)
-    return run_comparison(comp, positive_jobs(args.jobs))[0]
+    return run_comparison(comp, positive_jobs(args.jobs), positive_processes(args.processes))[0]
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
@@ -757,9 +777,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
         except ConfigError as err:
             raise ConfigError(f"suite entry {e['name']!r}: {err}") from None
     jobs = positive_jobs(args.jobs if args.jobs is not None else data.get("jobs"))
+    processes = positive_processes(args.processes)
     codes, tasks = [], {}
     for comp in comps:
-        code, tasks[comp.name] = run_comparison(comp, jobs)
+        code, tasks[comp.name] = run_comparison(comp, jobs, processes)
         codes.append(code)
     write_suite_report(out, tasks, metric)
     print(f"suite summary: {os.path.join(out, 'suite.md')} (suite.html, suite.json, plots/)")
@@ -790,6 +811,7 @@ def add_parsers(sub) -> None:
                         "e.g. \"ppo reinforce:rloo reinforce:none\"")
     p.add_argument("--episodes", type=int, metavar="N", help="total_episodes of every run (default: the config's)")
     p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: os.cpu_count())")
+    add_processes_flag(p)
     p.add_argument("--out", metavar="DIR", help="comparison folder (default: runs/compare-<env>-<time>)")
     p.add_argument("--wandb", default="offline", choices=WANDB_MODES,
                    help="wandb mode of the runs, grouped by the comparison's name (default: offline)")
@@ -818,6 +840,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", default="experiments/suite.yaml", metavar="FILE.yaml",
                    help="suite file (default: %(default)s)")
     p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: the file's jobs, else os.cpu_count())")
+    add_processes_flag(p)
     p.add_argument("--out", metavar="DIR", help="suite folder (default: runs/suite-<time>)")
     p.add_argument("--only", nargs="+", metavar="ENV", help="run only the entries with these names or env ids")
     p.add_argument("--wandb", default="offline", choices=WANDB_MODES, help="wandb mode of the runs (default: offline)")

@@ -3,6 +3,7 @@ optimizer (the one place that data-parallel training touches). What an algorithm
 advantages and its own loss terms, comes from the algorithm object (``rl_vf.algos``)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from rl_vf.advantages import returns_to_go
 from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, whiten
 from rl_vf.algos.reinforce import Reinforce
 from rl_vf.config import TrainConfig
+from rl_vf.distributed import Scorer, World
 from rl_vf.engine import RolloutBatch
 
 
@@ -38,6 +40,8 @@ class Learner:
     """Trains ``policy`` (and its critic) on rollout batches with the algorithm's advantages.
 
     ``generator`` shuffles minibatches (the run's one random stream, shared with the actor).
+    ``world``: the data-parallel processes (``rl_vf.distributed``: which statistics are global);
+    each trains on its own batch, with minibatches of ``cfg.minibatch_size / world.size`` episodes.
 
     Critic warm-up (algorithms with a critic): while ``cfg.critic_warmup_updates`` updates are left,
     an update whose batch shows a value bias (``value/bias``, measured before the update on its
@@ -49,8 +53,12 @@ class Learner:
     episodes (``value/bias_se``), whichever is larger: with noisy returns no critic can show a
     smaller bias on one batch (KeyToDoor with distractor noise: 0.15-0.25 from batch to batch)."""
 
-    def __init__(self, policy, cfg: TrainConfig, device: torch.device, generator: torch.Generator):
+    def __init__(self, policy, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
+                 world: World | None = None):
         self.policy, self.cfg, self.device, self.generator = policy, cfg, device, generator
+        self.world = world or World()
+        self.scorer = self.world.wrap(Scorer(policy))  # the training forward, behind DDP
+        self.minibatch_size = cfg.minibatch_size // self.world.size
         self.reference = None
         if cfg.kl_coef > 0:
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -81,26 +89,26 @@ class Learner:
         """One update on ``batch``: ``cfg.epochs`` passes of minibatch steps on ``algo``'s loss.
 
         ``values``: per-token values from branches (an algorithm that ``uses_branches``)."""
-        cfg, policy = self.cfg, self.policy
+        cfg, policy, world = self.cfg, self.policy, self.world
         mask = batch.action_mask
         lengths = batch.attention_mask.sum(1)
         with torch.no_grad():
             scores_now = self.scores_before_update(len(batch), algo)
-            old = score_batch(policy, batch, lengths, cfg.minibatch_size, cfg.update_tokens) if scores_now else {}
+            old = score_batch(policy, batch, lengths, self.minibatch_size, cfg.update_tokens) if scores_now else {}
             if values is not None:
                 old["values"] = values
             has_values = algo.uses_critic or algo.uses_branches
-            stats = value_stats(old["values"], batch, cfg.gamma) if has_values else {}
+            stats = world.mean_of(value_stats(old["values"], batch, cfg.gamma)) if has_values else {}
             ref = None
             if self.reference is not None:
-                ref = score_batch(self.reference, batch, lengths, cfg.minibatch_size, cfg.update_tokens)["logprobs"]
-            advantages, returns = algo.advantages(batch, old, cfg)
+                ref = score_batch(self.reference, batch, lengths, self.minibatch_size, cfg.update_tokens)["logprobs"]
+            advantages, returns = algo.advantages(batch, old, cfg, world.sum)
             if self.warming_up(algo, stats):
-                advantages = OUTCOME_ONLY.advantages(batch, old, cfg)[0]
+                advantages = OUTCOME_ONLY.advantages(batch, old, cfg, world.sum)[0]
             if returns is not None:
                 stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
             if cfg.normalize_advantages:
-                advantages = whiten(advantages, mask)
+                advantages = whiten(advantages, mask, reduce=world.sum)
         # perf/trained_tokens counts a token once per transformer it is trained through: the policy
         # LM and a separate critic.
         models = 1 if policy.critic is None else 2
@@ -109,16 +117,23 @@ class Learner:
         steps, tokens = 0, 0
         for epoch in range(cfg.epochs):
             epoch_kl = []
-            for idx in torch.randperm(len(batch), generator=self.generator, device=self.device).split(cfg.minibatch_size):
+            for idx in torch.randperm(len(batch), generator=self.generator, device=self.device).split(self.minibatch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
-                for sl, weight in minibatch_parts(lengths, mask, idx.to(self.device), cfg.update_tokens):
-                    loss, terms, parts = self.part_loss(batch, sl, algo, old, ref, advantages, returns)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLoss({k: float(v.detach()) for k, v in terms.items()})
-                    if steps == 0 and not tokens:  # the first part of an update: what each term pulls with
-                        stats.update(grad_norms(parts, [p for p in policy.parameters() if p.requires_grad]))
-                    (loss * weight).backward()
+                idx = idx.to(self.device)
+                # Shares of the global minibatch's action tokens, times the processes that DDP's
+                # all-reduce (and World.mean_of for the logged terms) averages over.
+                parts_of_step = list(minibatch_parts(lengths, mask, idx, cfg.update_tokens, world.sum(mask[idx].sum())))
+                for i, (sl, share) in enumerate(parts_of_step):
+                    weight = share * world.size
+                    last = i == len(parts_of_step) - 1  # its backward all-reduces what the parts accumulated
+                    with contextlib.nullcontext() if last else world.no_sync(self.scorer):
+                        loss, terms, parts = self.part_loss(batch, sl, algo, old, ref, advantages, returns)
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLoss({k: float(v.detach()) for k, v in terms.items()})
+                        if steps == 0 and not tokens:  # the first part of an update: what each term pulls with
+                            stats.update(grad_norms(parts, [p for p in policy.parameters() if p.requires_grad]))
+                        (loss * weight).backward()
                     for k, v in terms.items():
                         step_terms[k] = step_terms.get(k, 0.0) + float(v.detach() * weight)
                     tokens += int(batch.attention_mask[sl].sum()) * models
@@ -128,11 +143,11 @@ class Learner:
                     totals[k] = totals.get(k, 0.0) + v
                 epoch_kl.append(step_terms["ppo/approx_kl"])
                 steps += 1
-            if cfg.target_kl and epoch_kl and sum(epoch_kl) / len(epoch_kl) > cfg.target_kl:
+            if cfg.target_kl and epoch_kl and world.mean_of({"kl": sum(epoch_kl) / len(epoch_kl)})["kl"] > cfg.target_kl:
                 break
         stats.update({k: v / steps for k, v in totals.items()})
         stats["ppo/epochs"] = epoch + 1
-        return Update(stats, tokens)
+        return Update(world.mean_of(stats), tokens)
 
     def warming_up(self, algo, stats: dict) -> bool:
         """Whether this update is a critic warm-up update (see the class docstring: the policy's
@@ -161,7 +176,7 @@ class Learner:
         reference): arms differ only in their advantages and their own terms (``algo.loss_terms``).
         """
         cfg, m = self.cfg, batch.action_mask[sl]
-        new = self.policy.score(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
+        new = self.scorer(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
         old_logprobs = old["logprobs"][sl] if "logprobs" in old else new["logprobs"].detach()
         pg, pg_stats = policy_loss(new["logprobs"], old_logprobs, advantages[sl], m, cfg.clip)
         entropy = masked_mean(new["entropy"], m)
@@ -218,13 +233,16 @@ def within_budget(lengths: torch.Tensor, group: torch.Tensor, tokens: int) -> tu
     return group.split(rows)
 
 
-def minibatch_parts(lengths: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor, tokens: int):
+def minibatch_parts(lengths: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor, tokens: int,
+                    action_tokens: torch.Tensor | None = None):
     """One gradient step over minibatch ``idx``, as parts to accumulate: yields ``(rows, columns)``
     index pairs of length groups (so short episodes are not padded to the longest), each of at most
-    ``tokens`` padded tokens, and each part's weight, its share of the minibatch's action tokens.
-    Summing ``weight * masked_mean(loss)`` over the parts gives the gradient of
-    ``masked_mean(loss)`` over the whole minibatch."""
-    action_tokens = mask[idx].sum()
+    ``tokens`` padded tokens, and each part's weight, its share of the minibatch's ``action_tokens``
+    (default: those of ``idx``; data-parallel: of every process's minibatch). Summing
+    ``weight * masked_mean(loss)`` over the parts gives the gradient of ``masked_mean(loss)`` over
+    the whole minibatch."""
+    if action_tokens is None:
+        action_tokens = mask[idx].sum()
     for group in length_buckets(lengths, idx):
         for part in within_budget(lengths, group, tokens):
             sl = (part, slice(0, int(lengths[part].max())))

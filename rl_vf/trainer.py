@@ -14,13 +14,16 @@ import sys
 import threading
 import time
 
+from typing import NamedTuple
+
 import torch
 from tqdm.auto import tqdm
 
 from rl_vf import diagnostics
 from rl_vf.actor import Actor, episode_metrics, open_env, policy_for_env, resolve_device, success_ci, transcript
 from rl_vf.algos import ALGOS
-from rl_vf.config import TrainConfig
+from rl_vf.config import ConfigError, TrainConfig
+from rl_vf.distributed import World
 from rl_vf.engine import Episode, RolloutBatch
 from rl_vf.learner import Learner, NonFiniteLoss, Update
 from rl_vf.metrics_log import MetricsLog
@@ -41,21 +44,35 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss; the run stops and the last good policy stays on disk."""
 
 
+class Outcome(NamedTuple):
+    """What ``episode_metrics`` reads of an episode: small enough to gather from every process."""
+
+    ret: float
+    success: bool
+    invalid: bool
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, run_dir: str):
+    """One run's loop. ``world``: the data-parallel processes (``rl_vf.distributed``); each plays and
+    trains on its share of every update, and only the main one logs, evaluates and saves."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str, world: World | None = None):
         self.cfg, self.run_dir = cfg, run_dir
+        self.world = world = world or World()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
+        self.device = world.device or resolve_device(cfg.device)
+        check_world_size(cfg, world.size)
         env, eval_env = open_env(cfg.env, cfg.env_kwargs), open_env(cfg.env, cfg.eval_kwargs)
         self.max_action_tokens = cfg.max_action_tokens or env.action_tokens
         self.algo = ALGOS[cfg.algo]
         policy, self.tokenizer = policy_for_env(cfg.model, cfg, env)
         self.policy = policy.to(self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)  # samples where the logits are
-        self.learner = Learner(self.policy, cfg, self.device, self.generator)
+        # Samples where the logits are; each process its own stream (rank 0's is a 1-process run's).
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919 * world.rank)
+        self.learner = Learner(self.policy, cfg, self.device, self.generator, world)
         self.actor = Actor(self.policy, self.tokenizer, cfg, env, eval_env, self.max_action_tokens, self.device,
-                           self.generator, branching=self.algo.uses_branches)
+                           self.generator, branching=self.algo.uses_branches, shard=(world.rank, world.size))
         self.update_idx = 0
         self.episodes_done = 0
         self.wall_s = 0.0
@@ -69,12 +86,16 @@ class Trainer:
         return os.path.join(self.run_dir, "checkpoints", name)
 
     def save_checkpoint(self, name: str | None = None) -> str:
+        """Every process calls it (each hands in its generator); the main process writes."""
         path = self.checkpoint_dir(name or f"update_{self.update_idx:06d}")
+        generators = self.world.gather([self.generator.get_state()])
+        if not self.world.is_main:
+            return path
         os.makedirs(path, exist_ok=True)
         self.policy.save_pretrained(path, self.tokenizer)
         torch.save({
             "update": self.update_idx, "episodes": self.episodes_done, "wall_s": self.wall_s, "counters": self.counters,
-            "generator": self.generator.get_state(), **self.learner.state_dict(),
+            "generators": generators, **self.learner.state_dict(),
         }, os.path.join(path, STATE_FILE))
         if name is None:
             old = sorted(d for d in os.listdir(os.path.dirname(path)) if d.startswith("update_"))
@@ -87,7 +108,11 @@ class Trainer:
         self.policy.load_state_dict(policy.state_dict())
         state = torch.load(os.path.join(path, STATE_FILE), map_location=self.device, weights_only=False)
         self.learner.load_state_dict(state)
-        self.generator.set_state(state["generator"].cpu())  # a generator's state is a CPU tensor, even a CUDA one's
+        generators = state.get("generators") or [state["generator"]]  # checkpoints from before data-parallel runs
+        if len(generators) != self.world.size:
+            raise ConfigError(f"checkpoint {path!r} comes from a run of {len(generators)} process(es); resume it with "
+                              f"as many (this is {self.world.size}): each process's sampling stream is in it")
+        self.generator.set_state(generators[self.world.rank].cpu())  # a generator's state is a CPU tensor
         self.update_idx, self.episodes_done, self.wall_s = state["update"], state["episodes"], state["wall_s"]
         self.counters = {**self.counters, **state["counters"]}
 
@@ -103,15 +128,12 @@ class Trainer:
         cfg = self.cfg
         return update_sizes(cfg.total_episodes, cfg.episodes_per_update, cfg.group_size)
 
-    def branch_values(self, episodes: list[Episode], batch: RolloutBatch) -> torch.Tensor | None:
-        """The values the algorithm asks the actor for (Monte-Carlo continuations), with their cost
-        counted as generated tokens; None for an algorithm without branches."""
+    def branch_values(self, episodes: list[Episode], batch: RolloutBatch) -> tuple[torch.Tensor | None, int]:
+        """The values the algorithm asks the actor for (Monte-Carlo continuations) and the tokens their
+        continuations generated; (None, 0) for an algorithm without branches."""
         if not self.algo.uses_branches:
-            return None
-        values, generated = self.actor.turn_values(episodes, batch.action_mask)
-        self.counters["perf/generated_tokens"] += generated
-        self.counters["perf/branch_tokens"] += generated
-        return values
+            return None, 0
+        return self.actor.turn_values(episodes, batch.action_mask)
 
     def update(self, batch: RolloutBatch, values: torch.Tensor | None = None) -> Update:
         """The learner's update on ``batch`` (with branch ``values`` where the algorithm uses them)."""
@@ -129,71 +151,79 @@ class Trainer:
                                 f"{os.path.join(self.run_dir, 'checkpoints')}")
 
     # ---- the loop ----------------------------------------------------------------------
-    def train(self, log: MetricsLog) -> dict:
-        cfg = self.cfg
+    def train(self, log: MetricsLog | None) -> dict | None:
+        """Train to ``total_episodes``; the summary (None on a process other than the main one,
+        which passes no ``log``)."""
+        cfg, world = self.cfg, self.world
         sizes = self.batch_sizes()
         total_updates, played = len(sizes), sum(sizes)
-        if played != cfg.total_episodes and self.update_idx == 0:
+        if played != cfg.total_episodes and self.update_idx == 0 and world.is_main:
             print(f"note: total_episodes {cfg.total_episodes} is not a multiple of group_size {cfg.group_size}; "
                   f"training plays {played} episodes (the last update's groups are whole; summary.json records "
                   f"train/episodes)", file=sys.stderr)
-        bar = tqdm(total=played, initial=self.episodes_done, unit="ep",
+        bar = tqdm(total=played, initial=self.episodes_done, unit="ep", disable=not world.is_main,
                    desc=f"{cfg.algo} {cfg.env}", dynamic_ncols=True, mininterval=1.0)
         self.policy.train()
         with stop_on_ctrl_c() as stop:
             while self.update_idx < total_updates:
                 self.train_one(log, bar, total_updates)
-                if stop.requested and self.update_idx < total_updates:
+                if world.agree(stop.requested) and self.update_idx < total_updates:
                     bar.close()
                     raise Interrupted(self.update_idx, self.save_checkpoint())
         bar.close()
         return self.finish(log)
 
-    def train_one(self, log: MetricsLog, bar: tqdm, total_updates: int) -> None:
+    def train_one(self, log: MetricsLog | None, bar: tqdm, total_updates: int) -> None:
         """Collect one batch, update on it, log and checkpoint (as the schedule says)."""
-        cfg = self.cfg
+        cfg, world = self.cfg, self.world
         t0 = time.perf_counter()
         self.learner.set_lr(self.update_idx, total_updates)
         phase(bar, "collect")
-        episodes, batch = self.collect_batch(on_done=lambda _: bar.update(1))
+        episodes, batch = self.collect_batch(on_done=lambda _: bar.update(world.size))
         t1 = time.perf_counter()
         if self.algo.uses_branches:
             phase(bar, "continuations")
-        values = self.branch_values(episodes, batch)
+        values, branch_tokens = self.branch_values(episodes, batch)
         branch_s = time.perf_counter() - t1
         phase(bar, "update")
         result = self.update(batch, values)
         t2 = time.perf_counter()
+        # This update's cost, summed over every process.
+        rollout_tokens, episodes_played, env_steps, generated, branch_tokens, trained = world.sum(torch.tensor([
+            int(batch.attention_mask.sum()), len(episodes), sum(len(e.actions) for e in episodes),
+            int(batch.action_mask.sum()) + branch_tokens, branch_tokens, result.tokens], device=self.device)).tolist()
+        outcomes = world.gather([Outcome(e.ret, e.success, e.invalid) for e in episodes])
         self.update_idx += 1
-        self.episodes_done += len(episodes)
+        self.episodes_done += episodes_played
         self.wall_s += t2 - t0
-        rollout_tokens = int(batch.attention_mask.sum())
-        self.counters["train/env_steps"] += sum(len(e.actions) for e in episodes)
-        self.counters["perf/generated_tokens"] += int(batch.action_mask.sum())
-        self.counters["perf/trained_tokens"] += result.tokens
+        self.counters["train/env_steps"] += env_steps
+        self.counters["perf/generated_tokens"] += generated
+        self.counters["perf/branch_tokens"] += branch_tokens
+        self.counters["perf/trained_tokens"] += trained
         row = {
             "update": self.update_idx,
             "train/episodes": self.episodes_done,
-            **episode_metrics(episodes, "train"),
-            "train/episode_len_tokens": rollout_tokens / len(episodes),
+            **episode_metrics(outcomes, "train"),
+            "train/episode_len_tokens": rollout_tokens / episodes_played,
             **result.stats,
             "train/lr": self.learner.optimizer.param_groups[0]["lr"],
             "perf/rollout_tokens_per_s": rollout_tokens / (t1 - t0),
-            "perf/update_tokens_per_s": result.tokens / (t2 - t1 - branch_s),
+            "perf/update_tokens_per_s": trained / (t2 - t1 - branch_s),
             "perf/wall_s": self.wall_s,
             **self.counters,
         }
         if self.algo.uses_branches:
             row["perf/branch_s"] = branch_s
-        if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
-            phase(bar, "eval")
-            row.update(self.actor.evaluate(cfg.eval_episodes)[0])
         media = {}
-        if self.algo.uses_critic and cfg.diag_every and self.update_idx % cfg.diag_every == 0:
-            phase(bar, "diagnostics")
-            diag, media = self.diagnose()
-            row.update(diag)
-        log.write(row, media)
+        if world.is_main:  # the others go on to the next collect and wait for it at its first all-reduce
+            if cfg.eval_every and self.update_idx % cfg.eval_every == 0:
+                phase(bar, "eval")
+                row.update(self.actor.evaluate(cfg.eval_episodes)[0])
+            if self.algo.uses_critic and cfg.diag_every and self.update_idx % cfg.diag_every == 0:
+                phase(bar, "diagnostics")
+                diag, media = self.diagnose()
+                row.update(diag)
+            log.write(row, media)
         bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
                         inv=f"{row['train/invalid_action_rate']:.2f}", refresh=False)
         if self.update_idx % cfg.checkpoint_every == 0 or self.update_idx == total_updates:
@@ -212,10 +242,13 @@ class Trainer:
         media = {f"diagnostics/{name}": path for name, path in maps.items()}
         return {**report.metrics, "perf/diag_s": time.perf_counter() - t0}, media
 
-    def finish(self, log: MetricsLog) -> dict:
+    def finish(self, log: MetricsLog | None) -> dict | None:
         """Final evaluation (as ``eval_greedy`` says, and sampled beside it: a greedy policy saturates
-        long before the sampled one does), the final policy, summary.json and a few eval transcripts."""
+        long before the sampled one does), the final policy, summary.json and a few eval transcripts;
+        on the main process (None elsewhere)."""
         cfg = self.cfg
+        if not self.world.is_main:
+            return None
         metrics, episodes = self.actor.evaluate(cfg.final_eval_episodes)
         sampled = self.actor.evaluate(cfg.final_eval_episodes, greedy=False)[0] if cfg.eval_greedy else metrics
         metrics["eval/success_rate_sampled"] = sampled["eval/success_rate"]
@@ -241,6 +274,18 @@ class Trainer:
         self.actor.close()
 
 
+def check_world_size(cfg: TrainConfig, processes: int) -> None:
+    """Refuse a batch plan that N processes cannot share evenly (each update's episodes in whole
+    groups per process, each minibatch split evenly): every process must take the same steps."""
+    unit = processes * cfg.group_size
+    uneven = [f"{name} {value} is not a multiple of {of}" for name, value, of in (
+        ("episodes_per_update", cfg.episodes_per_update, unit), ("total_episodes", cfg.total_episodes, unit),
+        ("minibatch_size", cfg.minibatch_size, processes)) if value % of]
+    if processes > 1 and uneven:
+        raise ConfigError(f"with {processes} processes (x group_size {cfg.group_size}), {'; '.join(uneven)}: each "
+                          f"process plays an equal share of every update and of every minibatch")
+
+
 def update_sizes(total_episodes: int, episodes_per_update: int, group_size: int) -> list[int]:
     """Episodes of each update: whole batches, then what is left as one smaller last batch (in whole
     groups, so a budget that is not a multiple of group_size is rounded up)."""
@@ -250,6 +295,8 @@ def update_sizes(total_episodes: int, episodes_per_update: int, group_size: int)
 
 def phase(bar: tqdm, name: str) -> None:
     """Name what the run is doing on its progress bar (its count moves only while collecting)."""
+    if bar.disable:  # a data-parallel process other than the main one
+        return
     bar.set_description(f"{bar.desc.split(' | ')[0]} | {name}", refresh=True)
 
 

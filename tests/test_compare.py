@@ -177,7 +177,7 @@ def test_failed_run_is_reported_and_the_report_covers_the_others(tmp_path, monke
     comp = synthetic_comparison(tmp_path, [0.9, 0.95, 0.85, 1.0, 0.92], [0.5, 0.6, 0.4, 0.55, None])
     launched = []
 
-    def failing_launch(comp, variant, seed):
+    def failing_launch(comp, variant, seed, processes):
         launched.append((variant.name, seed))
         log = tmp_path / "runs" / variant.folder / f"s{seed}" / "train.log"
         log.write_text("Traceback ...\nRuntimeError: boom\n")

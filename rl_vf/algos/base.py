@@ -12,10 +12,11 @@ class Algorithm:
     uses_critic = False  # trains a value function (critic warm-up, value diagnostics, vf_loss)
     uses_branches = False  # asks the actor for Monte-Carlo continuations from mid-episode states
 
-    def advantages(self, batch, scores: dict | None, cfg) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def advantages(self, batch, scores: dict | None, cfg, reduce=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token ``(advantages, returns)`` (returns: value targets, or None without a critic).
         ``scores``: the batch scored before the update (``learner.score_batch``; empty where the
-        learner skips that pass), with ``values`` from branches for an algorithm that uses them."""
+        learner skips that pass), with ``values`` from branches for an algorithm that uses them.
+        ``reduce``: sums a tensor over data-parallel processes, for a statistic of the whole batch."""
         raise NotImplementedError
 
     def loss_terms(self, new: dict, old: dict | None, returns: torch.Tensor | None, sl, mask: torch.Tensor,

@@ -9,11 +9,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero-mean, unit-variance over the masked entries; zero elsewhere."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask.to(x.dtype)
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, reduce=None) -> torch.Tensor:
+    """Zero-mean, unit-variance over the masked entries; zero elsewhere. ``reduce`` sums a tensor over
+    data-parallel processes, so the mean and variance are those of every process's entries."""
+    reduce = reduce or (lambda t: t)
+    m = mask.to(x.dtype)
+    count = reduce(m.sum()).clamp(min=1.0)
+    mean = reduce((x * m).sum()) / count
+    var = reduce(((x - mean) ** 2 * m).sum()) / count
+    return (x - mean) * torch.rsqrt(var + eps) * m
 
 
 def policy_loss(

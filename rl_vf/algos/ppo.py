@@ -12,7 +12,7 @@ class PPO(Algorithm):
     name = "ppo"
     uses_critic = True
 
-    def advantages(self, batch, scores: dict, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    def advantages(self, batch, scores: dict, cfg, reduce=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token (advantages, returns) from the critic's estimates (DESIGN.md GAE, per turn).
 
         The advantages are GAE with ``cfg.lam``; the returns (value targets) GAE with ``cfg.lam_critic``

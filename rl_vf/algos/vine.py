@@ -17,7 +17,7 @@ class Vine(Algorithm):
     name = "vine"
     uses_branches = True
 
-    def advantages(self, batch, scores: dict, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    def advantages(self, batch, scores: dict, cfg, reduce=None) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE over the branch values in ``scores["values"]`` (constant within a turn). An episode
         truncated by a limit the agent cannot see ends with V = 0 (a truncated env cannot be played on)."""
         return gae(batch.rewards, scores["values"], batch.action_mask, gamma=cfg.gamma, lam=cfg.lam)

@@ -1,0 +1,180 @@
+"""Data-parallel training (rl_vf.distributed) with 2 CPU processes (gloo): an update on N processes is
+the 1-process update on the same episodes, ranks stay identical, resume is exact, and a killed
+process stops the run with a message."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from rl_vf.cli import main
+from rl_vf.config import make_config
+from rl_vf.distributed import World
+from rl_vf.engine import RolloutBatch
+from rl_vf.trainer import Trainer
+
+SMALL = {"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64, "threads": 1}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_world(rank: int, size: int, port: int) -> World:
+    """What a launcher (accelerate launch, torchrun) sets up for process ``rank``."""
+    os.environ.update(OMP_NUM_THREADS="1", WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    return World.from_launch(torch.device("cpu"))
+
+
+def spawn(fn, *args, size: int = 2) -> list[int]:
+    """Run ``fn(rank, size, port, *args)`` in ``size`` fresh processes; their exit codes. Each runs to its
+    own end (torch's spawn would terminate the others once one fails)."""
+    context, port = mp.get_context("spawn"), free_port()
+    procs = [context.Process(target=fn, args=(rank, size, port, *args)) for rank in range(size)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    return [p.exitcode for p in procs]
+
+
+def update_config(algo: str, episodes: int) -> dict:
+    # One minibatch of the whole batch (so the shuffle does not matter), one epoch; no critic warm-up
+    # (its decision reads value statistics averaged over processes, not pooled).
+    return {"env": "TicTacToe-v0", "algo": algo, "episodes_per_update": episodes, "total_episodes": episodes,
+            "num_envs": episodes, "minibatch_size": episodes, "epochs": 1, "seed": 3, "critic_warmup_updates": 0,
+            **SMALL}
+
+
+def one_update(world: World, algo: str, folder: str, rank_rows: slice) -> dict:
+    """The update of a fresh trainer on rows ``rank_rows`` of the saved episodes: its stats and the
+    gradients and parameters it leaves."""
+    episodes = torch.load(os.path.join(folder, "episodes.pt"), weights_only=False)
+    t = Trainer(make_config(update_config(algo, len(episodes))), os.path.join(folder, f"r{world.rank}"), world)
+    batch = RolloutBatch.from_episodes(episodes[rank_rows], t.tokenizer.pad_token_id)
+    result = t.update(batch)
+    return {"stats": result.stats,
+            "grads": {n: p.grad.clone() for n, p in t.policy.named_parameters() if p.grad is not None},
+            "params": {n: p.detach().clone() for n, p in t.policy.named_parameters()}}
+
+
+def update_worker(rank, size, port, algo, folder):
+    world = join_world(rank, size, port)
+    share = 16 // size
+    out = one_update(world, algo, folder, slice(rank * share, (rank + 1) * share))
+    torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "reinforce"])
+def test_two_process_update_equals_one_process_update_on_the_same_episodes(tmp_path, algo):
+    t = Trainer(make_config(update_config(algo, 16)), str(tmp_path / "collect"))
+    episodes, _ = t.collect_batch()
+    torch.save(episodes, tmp_path / "episodes.pt")
+    single = one_update(World(), algo, str(tmp_path), slice(0, 16))
+    assert spawn(update_worker, algo, str(tmp_path)) == [0, 0]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    for name, grad in single["grads"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], grad, rtol=1e-5, atol=1e-5, msg=name)
+    for name, value in single["params"].items():
+        assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name  # ranks identical
+        torch.testing.assert_close(ranks[0]["params"][name], value, rtol=1e-5, atol=1e-5, msg=name)
+    for key in ("loss/pg", "loss/vf") if algo == "ppo" else ("loss/pg",):
+        assert ranks[0]["stats"][key] == pytest.approx(single["stats"][key], rel=1e-5, abs=1e-6), key
+
+
+def train_args(out, episodes: int) -> list[str]:
+    return ["train", "--env", "TicTacToe-v0", "--algo", "ppo", "--critic", "separate", "--total-episodes", str(episodes),
+            "--episodes-per-update", "16", "--num-envs", "8", "--minibatch-size", "8", "--epochs", "2",
+            "--eval-every", "2", "--eval-episodes", "8", "--final-eval-episodes", "8", "--seed", "5",
+            "--lr-schedule", "constant", "--kl-coef", "0.05", "--wandb", "disabled", "--out", str(out),
+            *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]
+
+
+def train_worker(rank, size, port, argv, kill_at):
+    """``rl-vf train`` in process ``rank``; after every update it records a checksum of its parameters
+    (``kill_at``: process 1 dies there, as a killed process would)."""
+    join_world(rank, size, port)
+    real = Trainer.train_one
+    sums = []
+
+    def recorded(self, *args):
+        if rank == 1 and self.update_idx == kill_at:
+            os._exit(9)
+        real(self, *args)
+        sums.append([float(p.detach().double().sum()) for p in self.policy.parameters()])
+
+    Trainer.train_one = recorded
+    code = main(argv)
+    out = argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump({"code": code, "sums": sums}, f)
+
+
+def rows(run) -> list[dict]:
+    skip = ("perf/", "update_tokens", "rollout_tokens", "grad_norm/")  # timings vary
+    with open(run / "metrics.jsonl") as f:
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith(skip) and "tokens_per_s" not in k}
+                for line in f]
+
+
+def test_two_process_run_keeps_ranks_identical_and_resumes_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for argv in (train_args(straight, 64), train_args(split, 32), ["train", "--resume", str(split), "--total-episodes", "64"]):
+        assert spawn(train_worker, argv, None) == [0, 0]
+    done = [json.loads((straight / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [d["code"] for d in done] == [0, 0] and len(done[0]["sums"]) == 4
+    assert done[0]["sums"] == done[1]["sums"]  # every rank holds the same parameters after every update
+    assert rows(straight) == rows(split) and rows(straight)[-1]["train/episodes"] == 64
+    state = [torch.load(run / "checkpoints" / "update_000004" / "trainer_state.pt", weights_only=False)
+             for run in (straight, split)]
+    assert len(state[0]["generators"]) == 2 and all(torch.equal(x, y) for x, y in
+                                                    zip(state[0]["generators"], state[1]["generators"]))
+
+
+def test_a_killed_process_stops_the_run_with_a_message_and_resume_finishes_it(tmp_path, capfd):
+    run = tmp_path / "run"
+    argv = train_args(run, 64) + ["--checkpoint-every", "1"]
+    assert spawn(train_worker, argv, 2) == [0, 9]  # process 1 died at update 3; process 0 returned
+    err = capfd.readouterr().err
+    assert "another process of this data-parallel run failed or was killed" in err and "--resume" in err
+    assert json.loads((run / "rank0.json").read_text())["code"] == 1
+    assert spawn(train_worker, ["train", "--resume", str(run)], None) == [0, 0]
+    assert json.loads((run / "rank0.json").read_text())["code"] == 0
+    assert rows(run)[-1]["train/episodes"] == 64
+    capfd.readouterr()
+    assert main(["train", "--resume", str(run), "--total-episodes", "80"]) == 2  # one process: refused
+    assert "comes from a run of 2 process(es); resume it with as many" in capfd.readouterr().err
+
+
+def test_a_batch_plan_the_processes_cannot_share_is_refused(tmp_path, capfd):
+    run = tmp_path / "run"
+    argv = train_args(run, 24) + ["--episodes-per-update", "12", "--group-size", "4", "--algo", "reinforce",
+                                  "--critic", "shared", "--baseline", "rloo"]
+    assert spawn(train_worker, argv, None) == [0, 0]
+    assert json.loads((run / "rank0.json").read_text())["code"] == 2
+    assert "with 2 processes (x group_size 4), episodes_per_update 12 is not a multiple of 8" in capfd.readouterr().err
+
+
+def test_compare_runs_each_run_as_two_processes_through_accelerate_launch(tmp_path):
+    """The real launcher (`accelerate launch --multi_gpu`: torchrun underneath, gloo on the CPU), as
+    `rl-vf compare --processes 2` starts it for each run."""
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "rl_vf", "compare", "--env", "TicTacToe-v0", "--seeds", "1", "--algos", "reinforce",
+           "--episodes", "32", "--jobs", "1", "--processes", "2", "--out", str(out), "--wandb", "disabled",
+           *[a for kv in ["episodes_per_update=16", "num_envs=8", "final_eval_episodes=8", "eval_every=0",
+                          *[f"{k}={v}" for k, v in SMALL.items() if k != "threads"]] for a in ("--set", kv)]]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = out / "runs" / "reinforce" / "s0"
+    state = torch.load(run / "checkpoints" / "update_000002" / "trainer_state.pt", weights_only=False)
+    assert len(state["generators"]) == 2 and rows(run)[-1]["train/episodes"] == 32
