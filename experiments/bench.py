@@ -1,6 +1,6 @@
 """rl_vf benchmark (issue 6): the engine, a naive rollout loop and TRL, side by side in one run.
 
-    python experiments/bench.py [--quick] [--sections decode,multiturn,scaling,trl,update,branches,launch]
+    python experiments/bench.py [--quick] [--sections decode,multiturn,scaling,trl,update,branches,launch,parallel]
                                 [--threads N] [--device auto|cpu|cuda] [--out FILE]
 
 Prints one table per section to stdout (progress goes to stderr) and, as the last stdout line,
@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -74,6 +75,7 @@ import envs  # noqa: F401  (registers the ids)
 from rl_vf import branches
 from rl_vf.advantages import turn_starts
 from rl_vf.config import TrainConfig
+from rl_vf.distributed import launch_command
 from rl_vf.engine import RolloutBatch, RolloutEngine, Start, _RowCache, stop_token_mask
 from rl_vf.policy import TinyConfig, load_policy
 from rl_vf.pretrain import pretrain
@@ -95,6 +97,7 @@ SECTIONS = {  # name: what it measures (--help)
     "update": "update tokens/s (ppo, reinforce) and the peak RSS of short `rl_vf train` runs (TicTacToe, chess)",
     "branches": "continuation tokens/s of the MC value arm (forked KV cache) vs plain rollout tokens/s",
     "launch": "seconds per short run: compare's forked launch vs a fresh `python -m rl_vf train` subprocess",
+    "parallel": "training episodes/s of one TicTacToe run as 2 data-parallel processes vs 1 (1 thread each)",
 }
 ARITHMETIC = {"op": "add", "digits": 2, "mode": "single"}
 
@@ -124,6 +127,8 @@ class Scale:
     chess_episodes: int = 64  # the chess RSS run: one update of this many KQK games
     launch_runs: int = 4  # short runs per way of starting them
     launch_warmup: int = 1  # runs first, not counted (the first forked run also starts the server)
+    parallel_episodes: int = 2048  # the data-parallel run: this many TicTacToe episodes ...
+    parallel_batch: int = 512  # ... in updates of this many (each of 2 processes plays half)
     branch_episodes: tuple = (("tiny", 64), ("10m", 16))  # KeyToDoor episodes whose every turn is branched
     branch_rollouts: int = 4  # K continuations per turn (vine_rollouts' default)
 
@@ -134,7 +139,8 @@ QUICK = Scale(matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, mult
               trl_prompts=2, trl_generations=2, trl_steps=2, trl_demos=8, update_episodes=(("tiny", 8), ("10m", 4)),
               train_episodes=64, branch_episodes=(("tiny", 2), ("10m", 1)), branch_rollouts=2,
               train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
-                          "--eval-every", "0"), chess_episodes=2, launch_runs=1, launch_warmup=0)
+                          "--eval-every", "0"), chess_episodes=2, launch_runs=1, launch_warmup=0,
+              parallel_episodes=64, parallel_batch=32)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -646,6 +652,41 @@ def bench_launch(scale: Scale, device: torch.device, threads: int) -> dict:
     return {"launch_forked_s": forked, "launch_subprocess_s": fresh, "launch_ratio": forked / fresh}
 
 
+def bench_parallel(scale: Scale, device: torch.device) -> dict:
+    """One TicTacToe run (ppo) as 1 process and as 2 data-parallel processes (accelerate launch), 1 thread
+    each: episodes per second of the training loop (the runs' ``perf/wall_s``: start-up and the final
+    evaluation left out) and the CPU seconds of the whole command."""
+    if device.type == "cuda" and torch.cuda.device_count() < 2:
+        log("parallel: 2 processes need 2 GPUs and torch sees 1: measured on the CPU")
+        device = torch.device("cpu")
+    flags = ["--env", "TicTacToe-v0", "--total-episodes", str(scale.parallel_episodes), "--episodes-per-update",
+             str(scale.parallel_batch), "--final-eval-episodes", "16", "--eval-every", "0"]
+    figures, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for processes in (1, 2):
+            run_dir = os.path.join(tmp, f"p{processes}")
+            cmd = train_cmd(run_dir, device, 1, *flags)
+            if processes > 1:
+                cmd = launch_command(processes) + cmd[3:]  # in place of `python -m rl_vf`
+            log(f"parallel: {scale.parallel_episodes} TicTacToe episodes, {processes} process(es) x 1 thread ...")
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                summary = json.load(f)
+            eps = summary["train/episodes"] / summary["perf/wall_s"]
+            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            figures[f"parallel_{processes}p_episodes_per_s"] = eps
+            figures[f"parallel_{processes}p_cpu_s"] = cpu
+            rows.append([processes, summary["perf/wall_s"], cpu, eps])
+    figures["parallel_speedup"] = figures["parallel_2p_episodes_per_s"] / figures["parallel_1p_episodes_per_s"]
+    table(f"8. Data-parallel training on {device.type} (TicTacToe ppo, {scale.parallel_episodes} episodes, batch "
+          f"{scale.parallel_batch})",
+          ["processes x 1 thread", "training wall s", "CPU s (whole command)", "episodes/s", "/ 1 process"],
+          [[*row, row[3] / rows[0][3]] for row in rows])
+    return figures
+
+
 def binary_policy(size: str, device: torch.device):
     """``build(size)`` restricted to the tokens "0" and "1" (a KeyToDoor move, never invalid)."""
     policy, tokenizer = build(size, device)
@@ -730,7 +771,8 @@ def main(argv=None) -> dict:
                "scaling": lambda: bench_scaling(scale, device), "trl": lambda: bench_trl(scale, device, args.threads),
                "update": lambda: bench_update(scale, device, args.threads),
                "branches": lambda: bench_branches(scale, device),
-               "launch": lambda: bench_launch(scale, device, args.threads)}
+               "launch": lambda: bench_launch(scale, device, args.threads),
+               "parallel": lambda: bench_parallel(scale, device)}
     for section in args.sections:
         result, seconds = timed(runners[section], device)
         figures.update(result)
