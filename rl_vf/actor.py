@@ -100,12 +100,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def episode_metrics(episodes: list[Episode], prefix: str) -> dict:
+    """Mean return, invalid-action rate and, where the env defines success (an episode's ``success``
+    is not None), the success rate (an episode that reports none counts as a failure)."""
     n = len(episodes)
-    return {
-        f"{prefix}/return_mean": sum(e.ret for e in episodes) / n,
-        f"{prefix}/success_rate": sum(e.success for e in episodes) / n,
-        f"{prefix}/invalid_action_rate": sum(e.invalid for e in episodes) / n,
-    }
+    metrics = {f"{prefix}/return_mean": sum(e.ret for e in episodes) / n}
+    if any(e.success is not None for e in episodes):
+        metrics[f"{prefix}/success_rate"] = sum(bool(e.success) for e in episodes) / n
+    metrics[f"{prefix}/invalid_action_rate"] = sum(e.invalid for e in episodes) / n
+    return metrics
 
 
 def engine_for(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, max_action_tokens: int,
@@ -152,7 +154,10 @@ def evaluate(policy, tokenizer, make_env, cfg: TrainConfig, episodes: int, seed:
 
 
 def success_ci(metrics: dict, episodes: int) -> dict:
-    """The 95% Wilson interval of an evaluation's success rate (its uncertainty from finite episodes)."""
+    """The 95% Wilson interval of an evaluation's success rate (its uncertainty from finite episodes);
+    nothing for an env without success."""
+    if "eval/success_rate" not in metrics:
+        return {}
     return {"eval/success_rate_ci95": list(wilson_interval(round(metrics["eval/success_rate"] * episodes), episodes))}
 
 

@@ -232,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.close()
     if not world.is_main:
         return 0
-    keys = ("eval/success_rate", "eval/return_mean", "eval/invalid_action_rate")
+    keys = [k for k in ("eval/success_rate", "eval/return_mean", "eval/invalid_action_rate") if k in summary]
     print(f"run folder: {run_dir}")
     print("final eval over {} episodes: {}".format(
         summary["eval/episodes"], ", ".join(f"{k}={summary[k]:.3f}" for k in keys)))
@@ -291,7 +291,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         other_metrics, other_episodes = play(other, args, greedy)
         report.update({"against": other.path, **{f"against/{k}": v for k, v in other_metrics.items()},
                        **{f"against/{k}": v for k, v in success_ci(other_metrics, args.episodes).items()},
-                       **paired_success(episodes, other_episodes, args.seed)})
+                       **paired_difference(episodes, other_episodes, args.seed)})
     print(json.dumps(report, indent=2))
     return 0
 
@@ -303,17 +303,20 @@ def play(c: Checkpoint, args: argparse.Namespace, greedy: bool):
                     c.max_action_tokens, c.device)
 
 
-def paired_success(episodes, other_episodes, seed: int) -> dict:
-    """Success of ``episodes`` minus ``other_episodes``, paired by reset seed (the same task for both),
-    with a 95% bootstrap interval over the episodes, and how many episodes only one of them solved."""
+def paired_difference(episodes, other_episodes, seed: int) -> dict:
+    """Success (return, for an env without success) of ``episodes`` minus ``other_episodes``, paired
+    by reset seed (the same task for both), with a 95% bootstrap interval over the episodes, and how
+    many episodes came out better for each."""
     import numpy as np
 
     from rl_vf.stats import bootstrap_ci
 
-    other = {e.seed: e.success for e in other_episodes}
-    diff = np.array([float(e.success) - float(other[e.seed]) for e in episodes])
+    name = "success" if any(e.success is not None for e in episodes) else "return"
+    outcome = (lambda e: float(bool(e.success))) if name == "success" else (lambda e: e.ret)
+    other = {e.seed: outcome(e) for e in other_episodes}
+    diff = np.array([outcome(e) - other[e.seed] for e in episodes])
     point, lo, hi = bootstrap_ci(diff, statistic=np.mean, seed=seed)
-    return {"paired/success_diff": point, "paired/success_diff_ci95": [lo, hi],
+    return {f"paired/{name}_diff": point, f"paired/{name}_diff_ci95": [lo, hi],
             "paired/only_checkpoint": int((diff > 0).sum()), "paired/only_against": int((diff < 0).sum())}
 
 
@@ -369,9 +372,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def print_warm_start(summary: dict) -> None:
-    print(f"demonstrator: success_rate={summary['demo/success_rate']:.3f} over {summary['demos']} demos; warm start "
+    def outcome(prefix: str) -> str:  # the success rate, or the mean return for an env without success
+        key = f"{prefix}/success_rate" if f"{prefix}/success_rate" in summary else f"{prefix}/return_mean"
+        return f"{key.split('/')[1]}={summary[key]:.3f}"
+
+    print(f"demonstrator: {outcome('demo')} over {summary['demos']} demos; warm start "
           f"({'greedy' if summary['eval/greedy'] else 'sampled'}) over {summary['eval/episodes']} episodes: "
-          f"success_rate={summary['eval/success_rate']:.3f}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f}"
+          f"{outcome('eval')}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f}"
           f" ({summary['perf/wall_s']:.0f} s)", file=sys.stderr)
 
 

@@ -38,6 +38,13 @@ from rl_vf.legal import Key, LegalActions, LegalDecode, pack_keys
 from rl_vf.policy import Policy, PolicyCache
 
 
+def success_flag(info: dict) -> bool | None:
+    """An episode's success from its final step's info: ``success`` (rl_vf's envs), or Stable-Baselines3's
+    ``is_success``; None where the env reports neither."""
+    flag = info.get("success", info.get("is_success"))
+    return None if flag is None else bool(flag)
+
+
 @dataclass
 class Episode:
     """One finished episode's transcript; per-token lists are aligned with ``tokens``."""
@@ -50,7 +57,7 @@ class Episode:
     values: list[float] = field(default_factory=list)  # sampling-time, for checks only
     actions: list[str] = field(default_factory=list)
     ret: float = 0.0
-    success: bool = False
+    success: bool | None = None  # None: the env defines no success (no "success" / "is_success" in its info)
     invalid: bool = False
     truncated: bool = False  # transcript then ends with the final observation (for the bootstrap)
     # info["value"] (the env's exact value, where it has one) of every state the episode passed
@@ -67,7 +74,7 @@ class Episode:
         self.ret += float(reward)
         self.invalid |= bool(info.get("invalid_action", False))
         if done:
-            self.success = bool(info.get("success", False))
+            self.success = success_flag(info)
 
     def extend(self, tokens, is_action: bool, logprobs=None, values=None, legal_keys=None):
         n = len(tokens)
@@ -163,7 +170,7 @@ class RolloutBatch:
             action_mask=pad("action_mask", 0, torch.long),
             rewards=pad("rewards", 0.0, torch.float32),
             returns=torch.tensor([e.ret for e in episodes], dtype=torch.float32),
-            success=torch.tensor([e.success for e in episodes]),
+            success=torch.tensor([bool(e.success) for e in episodes]),
             invalid=torch.tensor([e.invalid for e in episodes]),
             truncated=torch.tensor([e.truncated for e in episodes]),
             group_ids=torch.arange(len(episodes)) // group_size,

@@ -224,8 +224,10 @@ class Trainer:
                 diag, media = self.diagnose()
                 row.update(diag)
             log.write(row, media)
-        bar.set_postfix(ret=f"{row['train/return_mean']:+.2f}", win=f"{row['train/success_rate']:.2f}",
-                        inv=f"{row['train/invalid_action_rate']:.2f}", refresh=False)
+        shown = {"ret": f"{row['train/return_mean']:+.2f}", "inv": f"{row['train/invalid_action_rate']:.2f}"}
+        if "train/success_rate" in row:
+            shown["win"] = f"{row['train/success_rate']:.2f}"
+        bar.set_postfix(shown, refresh=False)
         if self.update_idx % cfg.checkpoint_every == 0 or self.update_idx == total_updates:
             self.save_checkpoint()
 
@@ -251,8 +253,7 @@ class Trainer:
             return None
         metrics, episodes = self.actor.evaluate(cfg.final_eval_episodes)
         sampled = self.actor.evaluate(cfg.final_eval_episodes, greedy=False)[0] if cfg.eval_greedy else metrics
-        metrics["eval/success_rate_sampled"] = sampled["eval/success_rate"]
-        metrics["eval/return_mean_sampled"] = sampled["eval/return_mean"]
+        metrics.update({f"{k}_sampled": sampled[k] for k in ("eval/success_rate", "eval/return_mean") if k in sampled})
         final = self.checkpoint_dir("final")
         self.policy.save_pretrained(final, self.tokenizer)
         summary = {

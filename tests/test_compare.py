@@ -342,3 +342,25 @@ def test_a_forked_run_equals_the_same_run_as_a_fresh_subprocess(tmp_path, monkey
                              [0], {"model": missing, "wandb": "disabled"})
     assert compare.launch(bad, bad.variants[0], 0)[0] == 2  # the child's exit code comes back
     assert "cannot load model" in open(os.path.join(bad.run_dir(bad.variants[0], 0), "train.log")).read()
+
+
+def test_an_env_without_success_is_reported_on_its_return(tmp_path, monkeypatch):
+    """No success flag in the env's info: no success rate anywhere (not a rate of 0.0), and the
+    comparison's default metric becomes the mean return."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "cmp"
+    assert cli("compare", "--env", "tests.toy_env:PickThree-v0", "--env-kwargs", '{"success_key": null}', "--seeds", 1,
+               "--algos", "reinforce", "--episodes", 64, "--jobs", 1, "--out", out, "--wandb", "disabled", *TINY) == 0
+    run = out / "runs" / "reinforce" / "s0"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    assert rows and not any("train/success_rate" in r for r in rows) and "train/return_mean" in rows[0]
+    assert not any("success" in k for k in summary) and "eval/return_mean_sampled" in summary
+    assert json.loads((out / "results.json").read_text())["metric"] == "eval/return_mean"
+
+
+@pytest.mark.parametrize("info,flag", [({"success": True}, True), ({"is_success": 0}, False), ({}, None)])
+def test_success_comes_from_success_or_sb3s_is_success(info, flag):
+    from rl_vf.engine import success_flag
+
+    assert success_flag(info) is flag
