@@ -14,7 +14,7 @@ import numpy as np
 from rl_vf import branches
 from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, action_token_mask, copy_env
-from rl_vf.policy import Critic, TinyConfig, load_policy
+from rl_vf.policy import Critic, TinyConfig, enable_checkpointing, load_policy
 from rl_vf.stats import wilson_interval
 from rl_vf.tokenizer import DEFAULT_CHARS
 
@@ -89,6 +89,10 @@ def policy_for_env(model: str, cfg: TrainConfig, env: EnvInfo) -> tuple:
     if cfg.constrain_actions != "none" and env.action_charset is not None:
         policy.allowed_tokens = action_token_mask(tokenizer, env.action_charset)
     policy.autocast_dtype = autocast_dtype(cfg.precision, resolve_device(cfg.device))
+    if cfg.gradient_checkpointing:  # takes effect only where gradients are taken: rollouts keep their cache
+        for model in (policy.lm, policy.critic.trunk if policy.critic is not None else None):
+            if model is not None:
+                enable_checkpointing(model)
     return policy, tokenizer
 
 

@@ -55,6 +55,9 @@ class TrainConfig:
     precision: str = doc(f"{' | '.join(PRECISIONS)}: bf16 autocasts the transformer's matmuls (logits, values and "
                          "losses stay fp32); auto is bf16 on CUDA, fp32 on the CPU", "auto")
     threads: int = doc("torch CPU threads (0: torch's default)", 0)
+    gradient_checkpointing: bool = doc("recompute each transformer layer's activations in the backward instead of "
+                                       "keeping them (less memory for long transcripts, about a third more compute)",
+                                       False)
     # Built-in model size (model=tiny only).
     hidden_size: int = doc("tiny model: hidden size", 64)
     layers: int = doc("tiny model: transformer layers", 2)

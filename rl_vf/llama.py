@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def supports(trunk: nn.Module) -> bool:
@@ -49,25 +50,38 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
         # transcripts (docs/benchmark.md, "First update of every env").
         attention_mask = None
     mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else visible(attention_mask, new)
+    # Hugging Face's flag (``gradient_checkpointing_enable``): keep only each layer's input for the
+    # backward and recompute the rest there.
+    recompute = getattr(trunk, "gradient_checkpointing", False) and past_key_values is None and torch.is_grad_enabled()
+    for i, layer in enumerate(trunk.layers[: config.num_hidden_layers]):
+        if recompute:
+            hidden = checkpoint(decoder_layer, layer, hidden, cos, sin, mask, use_reentrant=False)
+        else:
+            hidden = decoder_layer(layer, hidden, cos, sin, mask, past_key_values, i)
+    return rms_norm(trunk.norm, hidden)
+
+
+def decoder_layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  mask: torch.Tensor | None, past_key_values=None, index: int = 0) -> torch.Tensor:
+    """One LlamaDecoderLayer on ``hidden`` (B, T, H); the new keys and values extend ``past_key_values``
+    (as its layer ``index``) where given."""
+    config, attn, mlp = layer.self_attn.config, layer.self_attn, layer.mlp
+    batch, new = hidden.shape[:2]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    for i, layer in enumerate(trunk.layers[: config.num_hidden_layers]):
-        attn = layer.self_attn
-        x = rms_norm(layer.input_layernorm, hidden)
-        q = F.linear(x, attn.q_proj.weight).view(batch, new, heads, head_dim).transpose(1, 2)
-        k = F.linear(x, attn.k_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
-        v = F.linear(x, attn.v_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, i)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and new > 1,
-                                             scale=attn.scaling, enable_gqa=kv_heads != heads)
-        hidden = hidden + F.linear(out.transpose(1, 2).reshape(batch, new, heads * head_dim), attn.o_proj.weight)
-        x = rms_norm(layer.post_attention_layernorm, hidden)
-        mlp = layer.mlp
-        hidden = hidden + F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight),
-                                   mlp.down_proj.weight)
-    return rms_norm(trunk.norm, hidden)
+    x = rms_norm(layer.input_layernorm, hidden)
+    q = F.linear(x, attn.q_proj.weight).view(batch, new, heads, head_dim).transpose(1, 2)
+    k = F.linear(x, attn.k_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
+    v = F.linear(x, attn.v_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
+    q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    if past_key_values is not None:
+        k, v = past_key_values.update(k, v, index)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and new > 1,
+                                         scale=attn.scaling, enable_gqa=kv_heads != heads)
+    hidden = hidden + F.linear(out.transpose(1, 2).reshape(batch, new, heads * head_dim), attn.o_proj.weight)
+    x = rms_norm(layer.post_attention_layernorm, hidden)
+    return hidden + F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight),
+                             mlp.down_proj.weight)
 
 
 def right_padded(mask: torch.Tensor) -> bool:

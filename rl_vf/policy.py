@@ -338,6 +338,17 @@ def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=
                  use_cache=past_key_values is not None, **{cache_kwarg(trunk): past_key_values}).last_hidden_state
 
 
+def enable_checkpointing(model: nn.Module) -> None:
+    """Recompute ``model``'s layer activations in the backward (where gradients are taken): transformers'
+    ``activation_checkpointing_enable`` (5.x releases before it: ``gradient_checkpointing_enable``), which
+    sets the flag ``rl_vf.llama``'s lean forward reads too."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def cache_kwarg(model: nn.Module) -> str:
     """The name of a Hugging Face model's cache argument: transformers 5.25 renamed ``past_key_values``
     to ``cache`` (the old name goes in 5.40), earlier 5.x releases know only the old one."""

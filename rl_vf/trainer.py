@@ -73,6 +73,13 @@ class Trainer:
         self.learner = Learner(self.policy, cfg, self.device, self.generator, world)
         self.actor = Actor(self.policy, self.tokenizer, cfg, env, eval_env, self.max_action_tokens, self.device,
                            self.generator, branching=self.algo.uses_branches, shard=(world.rank, world.size))
+        if world.is_main:
+            rows = min(cfg.num_envs, cfg.episodes_per_update // world.size)
+            m = memory_estimate(self.policy, cfg, rows)
+            print(f"memory estimate (MB per process): weights {m['weights']:.1f}, gradients {m['gradients']:.1f}, Adam "
+                  f"{m['adam']:.1f}, KL reference {m['reference']:.1f}; rollout KV cache {m['kv_cache_per_1k_tokens']:.1f} "
+                  f"per 1,000 tokens of context ({rows} episodes at once); activations come on top (bounded by "
+                  f"update_tokens; less with --gradient-checkpointing)", file=sys.stderr)
         self.update_idx = 0
         self.episodes_done = 0
         self.wall_s = 0.0
@@ -273,6 +280,24 @@ class Trainer:
 
     def close(self) -> None:
         self.actor.close()
+
+
+def memory_estimate(policy, cfg: TrainConfig, rows: int) -> dict[str, float]:
+    """What a run holds in memory before activations, in MB per process: the weights (policy LM, its
+    value head and a separate critic), their gradients and Adam's two moments (fp32), the KL
+    reference's copy, and the rollout KV cache per 1,000 tokens of context for ``rows`` episodes at once."""
+    mb = 2.0**-20
+    weights = sum(p.numel() * p.element_size() for p in policy.parameters())
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad) * 4
+    config = policy.lm.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    cache_bytes = 2 if policy.autocast_dtype is not None else 4
+    per_token = config.num_hidden_layers * 2 * kv_heads * head_dim * cache_bytes  # keys and values, every layer
+    return {"weights": weights * mb, "gradients": trainable * mb, "adam": 2 * trainable * mb,
+            "reference": sum(p.numel() * p.element_size() for p in policy.lm.parameters()) * mb if cfg.kl_coef else 0.0,
+            "kv_cache_per_1k_tokens": per_token * 1000 * rows * mb}
 
 
 def check_world_size(cfg: TrainConfig, processes: int) -> None:

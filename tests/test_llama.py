@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rl_vf import llama
-from rl_vf.policy import cache_kwarg, growing_cache, trunk_hidden
+from rl_vf.policy import cache_kwarg, enable_checkpointing, growing_cache, trunk_hidden
 
 
 def make_trunk(**overrides):
@@ -97,3 +97,25 @@ def test_other_models_run_their_own_forward():
     assert not llama.supports(biased)
     ids = torch.randint(0, 50, (2, 5))
     torch.testing.assert_close(trunk_hidden(biased, ids), hf_hidden(biased, ids))
+
+
+def test_gradient_checkpointing_recomputes_each_layer_and_gives_the_same_gradients(monkeypatch):
+    """With Hugging Face's flag set (``gradient_checkpointing_enable``), the lean forward checkpoints every
+    layer where gradients are taken, and not under no_grad (rollouts, which keep their cache)."""
+    calls = []
+    real = llama.checkpoint
+    monkeypatch.setattr(llama, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ids = torch.randint(0, 50, (3, 9))
+    grads = []
+    for on in (False, True):
+        trunk = make_trunk().train()
+        if on:
+            enable_checkpointing(trunk)
+            with torch.no_grad():
+                llama.forward(trunk, ids)
+            assert calls == []  # nothing to recompute without a backward
+        llama.forward(trunk, ids).square().sum().backward()
+        grads.append({n: p.grad for n, p in trunk.named_parameters()})
+    assert len(calls) == 2  # one per layer, in the forward with gradients
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)

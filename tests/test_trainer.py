@@ -124,3 +124,17 @@ def test_a_loaded_model_keeps_its_attention_window_and_the_config_says_so(tmp_pa
     assert cfg.attention_window == 0
     loaded = Trainer(cfg, str(tmp_path / "b"))
     assert loaded.policy.attention_window == 8 and cfg.attention_window == 8  # config.yaml will record 8
+
+
+def test_memory_estimate_by_hand():
+    from rl_vf.policy import TinyConfig, load_policy
+    from rl_vf.trainer import memory_estimate
+
+    policy, _ = load_policy("tiny", tiny=TinyConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64))
+    m = memory_estimate(policy, make_config({"kl_coef": 0.1}), rows=8)
+    # 1 layer x (keys, values) x 2 heads x 16 dims x 4 bytes per token and row, for 1,000 tokens and 8 rows.
+    assert m["kv_cache_per_1k_tokens"] == pytest.approx(1 * 2 * 2 * 16 * 4 * 1000 * 8 / 2**20)
+    weights = sum(p.numel() for p in policy.parameters()) * 4 / 2**20  # all fp32 and trainable
+    assert m["weights"] == pytest.approx(weights) and m["gradients"] == pytest.approx(weights)
+    assert m["adam"] == pytest.approx(2 * weights) and 0 < m["reference"] < weights
+    assert memory_estimate(policy, make_config({"kl_coef": 0.0}), rows=8)["reference"] == 0.0
