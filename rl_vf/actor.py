@@ -14,7 +14,7 @@ import numpy as np
 from rl_vf import branches
 from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.engine import Episode, RolloutBatch, RolloutEngine, action_token_mask, copy_env
-from rl_vf.policy import Critic, TinyConfig, enable_checkpointing, load_policy
+from rl_vf.policy import TINY, Critic, TinyConfig, enable_checkpointing, load_policy
 from rl_vf.stats import wilson_interval
 from rl_vf.tokenizer import DEFAULT_CHARS
 
@@ -79,6 +79,11 @@ def policy_for_env(model: str, cfg: TrainConfig, env: EnvInfo) -> tuple:
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot load model {model!r}: {e}") from None
     cfg.attention_window = policy.attention_window
+    if cfg.lora_rank and policy.lora is None:  # (a LoRA checkpoint, e.g. a warm start, comes with its adapters)
+        if model == TINY:
+            raise ConfigError("lora_rank needs --model DIR, a saved model to adapt; the built-in tiny model trains in "
+                              "full (lora_rank 0)")
+        policy.add_adapters(model, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
     if cfg.critic == "shared":
         policy.critic = None
     elif policy.critic is None:

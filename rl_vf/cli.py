@@ -159,7 +159,7 @@ def latest_checkpoint(run_dir: str) -> str:
 # What a run's checkpoints are tied to: a resume may extend or re-log a run, not change these.
 # (Not `model`: the weights come from the checkpoint, and `make train` always passes --model.)
 RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "critic", "critic_lr", "hidden_size", "layers", "heads",
-                "intermediate_size", "attention_window", "constrain_actions", "max_action_tokens", "group_size")
+                "intermediate_size", "attention_window", "constrain_actions", "max_action_tokens", "group_size", "lora_rank")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -55,6 +55,9 @@ class TrainConfig:
     precision: str = doc(f"{' | '.join(PRECISIONS)}: bf16 autocasts the transformer's matmuls (logits, values and "
                          "losses stay fp32); auto is bf16 on CUDA, fp32 on the CPU", "auto")
     threads: int = doc("torch CPU threads (0: torch's default)", 0)
+    lora_rank: int = doc("LoRA (peft) adapters of this rank on every linear layer of a --model DIR; only they and the "
+                         "value head train, and the KL reference is the model with them off (0: train every weight)", 0)
+    lora_alpha: float = doc("LoRA scale numerator (the adapters' output is scaled by lora_alpha / lora_rank)", 16.0)
     gradient_checkpointing: bool = doc("recompute each transformer layer's activations in the backward instead of "
                                        "keeping them (less memory for long transcripts, about a third more compute)",
                                        False)
@@ -152,7 +155,12 @@ class TrainConfig:
         choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         choice(self.critic, CRITICS, "critic")
         if self.critic == "auto":  # resolved here, so config.yaml records the value function the run had
-            self.critic = "separate" if ALGOS[self.algo].uses_critic else "shared"
+            self.critic = "separate" if ALGOS[self.algo].uses_critic and not self.lora_rank else "shared"
+        if self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be >= 0 (0 = no adapters), got {self.lora_rank}")
+        if self.lora_rank and self.critic == "separate":
+            raise ConfigError("lora_rank > 0 takes critic: shared (the value head on the adapted policy); a separate "
+                              "critic would be a second full copy of the model")
         for name in ("total_episodes", "episodes_per_update", "num_envs", "group_size",
                      "epochs", "minibatch_size", "hidden_size", "layers", "heads", "intermediate_size", "warm_start_epochs",
                      "diag_episodes", "diag_states", "diag_rollouts", "env_threads", "vine_rollouts", "update_tokens"):

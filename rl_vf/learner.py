@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rl_vf import lora
 from rl_vf.advantages import returns_to_go
 from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, whiten
 from rl_vf.algos.reinforce import Reinforce
@@ -60,7 +61,7 @@ class Learner:
         self.scorer = self.world.wrap(Scorer(policy))  # the training forward, behind DDP
         self.minibatch_size = cfg.minibatch_size // self.world.size
         self.reference = None
-        if cfg.kl_coef > 0:
+        if cfg.kl_coef > 0 and policy.lora is None:  # with LoRA the reference is the policy with its adapters off
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
             self.reference.critic = None  # only its logprobs are read
         self.optimizer = adam(policy, cfg.lr, critic_lr=cfg.critic_lr)
@@ -99,9 +100,7 @@ class Learner:
                 old["values"] = values
             has_values = algo.uses_critic or algo.uses_branches
             stats = world.mean_of(value_stats(old["values"], batch, cfg.gamma)) if has_values else {}
-            ref = None
-            if self.reference is not None:
-                ref = score_batch(self.reference, batch, lengths, self.minibatch_size, cfg.update_tokens)["logprobs"]
+            ref = self.reference_logprobs(batch, lengths) if cfg.kl_coef > 0 else None
             advantages, returns = algo.advantages(batch, old, cfg, world.sum)
             if self.warming_up(algo, stats):
                 advantages = OUTCOME_ONLY.advantages(batch, old, cfg, world.sum)[0]
@@ -148,6 +147,14 @@ class Learner:
         stats.update({k: v / steps for k, v in totals.items()})
         stats["ppo/epochs"] = epoch + 1
         return Update(world.mean_of(stats), tokens)
+
+    def reference_logprobs(self, batch: RolloutBatch, lengths: torch.Tensor) -> torch.Tensor:
+        """The KL reference's log-probs of ``batch``: the frozen copy, or the base model under LoRA."""
+        chunk, tokens = self.minibatch_size, self.cfg.update_tokens
+        if self.reference is not None:
+            return score_batch(self.reference, batch, lengths, chunk, tokens)["logprobs"]
+        with lora.adapters_off(self.policy.lm):
+            return score_batch(self.policy, batch, lengths, chunk, tokens)["logprobs"]
 
     def warming_up(self, algo, stats: dict) -> bool:
         """Whether this update is a critic warm-up update (see the class docstring: the policy's

@@ -17,12 +17,19 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # attention, then MLP
+
+
 def supports(trunk: nn.Module) -> bool:
     """Whether ``trunk`` (a causal LM's ``base_model``) is a Llama that ``forward`` computes exactly."""
     config = getattr(trunk, "config", None)
     return (type(trunk).__name__ == "LlamaModel" and getattr(trunk.rotary_emb, "rope_type", None) == "default"
             and not config.attention_bias and not config.mlp_bias and config.hidden_act == "silu"
-            and not config.attention_dropout)
+            and not config.attention_dropout
+            and all(type(getattr(block, name)) is nn.Linear for layer in trunk.layers
+                    for block, names in ((layer.self_attn, PROJECTIONS[:4]), (layer.mlp, PROJECTIONS[4:]))
+                    for name in names))
+    # (the last: plain linear projections, whose weights are the whole function; LoRA wraps them)
 
 
 def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -22,7 +22,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, Dynamic
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging as hf_logging
 
-from rl_vf import llama
+from rl_vf import llama, lora
 from rl_vf.legal import allowed_mask
 from rl_vf.tokenizer import DEFAULT_CHARS, char_tokenizer
 
@@ -212,6 +212,8 @@ class Policy(nn.Module):
         # (V,) bool of tokens the policy may emit in an action (see action_token_mask); None: all.
         self.register_buffer("allowed_tokens", None, persistent=False)
         self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 (config precision); None: fp32
+        # With LoRA adapters on ``lm`` (rl_vf.lora): the base model's folder and the adapters' rank and alpha.
+        self.lora: dict | None = None
 
     def autocast(self, device: torch.device):
         """The mixed-precision context of every forward pass (disabled when ``autocast_dtype`` is None)."""
@@ -319,8 +321,19 @@ class Policy(nn.Module):
         (the trunk is the policy's; ``critic_lr`` and the critic warm-up leave it to the policy)."""
         return list((self.critic if self.critic is not None else self.value_head).parameters())
 
+    def add_adapters(self, base: str, rank: int, alpha: float, seed: int = 0) -> None:
+        """LoRA on the LM (``rl_vf.lora``): from here on only the adapters and the value head train."""
+        lora.add_adapters(self.lm, rank, alpha, seed)
+        self.lora = {"base": os.path.abspath(base), "rank": rank, "alpha": alpha}
+
     def save_pretrained(self, path: str, tokenizer=None) -> None:
-        self.lm.save_pretrained(path)
+        """The LM (with LoRA: its config, adapters and base folder), value head, critic and tokenizer."""
+        if self.lora is not None:
+            os.makedirs(path, exist_ok=True)
+            self.lm.config.save_pretrained(path)
+            lora.save(self.lm, path, **self.lora)
+        else:
+            self.lm.save_pretrained(path)
         save_value_head(self.value_head, path)
         if self.critic is not None:
             self.critic.save_pretrained(os.path.join(path, CRITIC_DIR))
@@ -397,6 +410,13 @@ def load_policy(model: str = TINY, seed: int = 0, tiny: TinyConfig = TinyConfig(
         tokenizer = char_tokenizer(alphabet)
         lm = build_tiny(tokenizer, tiny, seed)
         return Policy(lm).float(), tokenizer
+    spec = lora.saved(model)
+    if spec is not None:  # adapters on a base model folder: the base, then the adapters and this value head
+        policy, tokenizer = load_policy(spec["base"], seed, tiny, alphabet)
+        lora.load(policy.lm, model, spec)
+        policy.lora = spec
+        policy.value_head.load_state_dict(load_file(os.path.join(model, VALUE_HEAD_FILE)))
+        return policy, tokenizer
     if not os.path.isdir(model):
         raise FileNotFoundError(f"model {model!r} is neither 'tiny' nor a local model folder (no hub downloads here)")
     tokenizer = AutoTokenizer.from_pretrained(model)
