@@ -125,3 +125,25 @@ def test_a_cuda_run_trains_saves_and_evaluates_on_the_cpu(tmp_path, capsys):
     on_cpu = json.loads(capsys.readouterr().out)
     # The same greedy fp32 policy on the same 1000 eval episodes: only rounding (a near-tie) may differ.
     assert abs(on_cpu["eval/success_rate"] - on_gpu["eval/success_rate"]) <= 0.02
+
+
+def test_lora_and_gradient_checkpointing_train_a_step_on_cuda(tmp_path):
+    """The memory-lean options on the GPU path: LoRA adapters (bf16 autocast, KL reference = adapters
+    off) and gradient checkpointing each train a step; only adapters and the value head move."""
+    import envs  # noqa: F401
+    from rl_vf.actor import open_env
+
+    base = tmp_path / "base"
+    policy, tok = load_policy("tiny", tiny=TinyConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64),
+                              alphabet=open_env("TicTacToe-v0", {}).alphabet)
+    policy.save_pretrained(str(base), tok)
+    for extra in ({"model": str(base), "lora_rank": 4, "kl_coef": 0.1}, {"gradient_checkpointing": True}):
+        cfg = make_config(dict(env="TicTacToe-v0", episodes_per_update=16, num_envs=16, total_episodes=16,
+                               **SMALL, **extra))
+        t = Trainer(cfg, str(tmp_path / str(len(extra))))
+        before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
+        _, batch = t.collect_batch()
+        stats = t.update(batch).stats
+        assert all(torch.isfinite(torch.tensor(v)) for k, v in stats.items() if k.startswith("loss/"))
+        moved = {n for n, p in t.policy.named_parameters() if not torch.equal(p, before[n])}
+        assert moved and ("lora_rank" not in extra or all("lora_" in n or "value_head" in n for n in moved))
