@@ -16,7 +16,7 @@ import numpy as np
 
 from rl_vf.metrics_log import read_metrics
 
-KEYS = ("value/bias", "value/explained_variance_mc", "critic/warmup", "grad_norm/pg", "grad_norm/vf",
+KEYS = ("advantage/decision_r2", "value/bias", "value/explained_variance_mc", "critic/warmup", "grad_norm/pg", "grad_norm/vf",
         "train/success_rate")
 
 

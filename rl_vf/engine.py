@@ -34,6 +34,7 @@ from gymnasium.wrappers import TimeLimit
 from transformers.cache_utils import DynamicLayer
 
 from rl_vf import llama
+from rl_vf.advantages import turn_starts
 from rl_vf.legal import Key, LegalActions, LegalDecode, pack_keys
 from rl_vf.policy import Policy, PolicyCache
 
@@ -90,6 +91,20 @@ class Episode:
 def true_value(info: dict) -> float:
     """The env's exact value of the state it just reached (envs/base.py), NaN if it has none."""
     return float(info.get("value", math.nan))
+
+
+def true_deltas(episodes: list[Episode], width: int) -> torch.Tensor | None:
+    """(N, ``width``): each turn's TD error under the env's exact values at the turn's first action
+    token, NaN elsewhere; None where no episode has a value."""
+    if not any(math.isfinite(v) for e in episodes for v in e.true_values):
+        return None
+    out = torch.full((len(episodes), width), math.nan)
+    for row, e in enumerate(episodes):
+        starts = turn_starts(e.action_mask)
+        for k, (start, end) in enumerate(zip(starts, [*starts[1:], len(e.tokens)])):
+            if k + 1 < len(e.true_values):
+                out[row, start] = sum(e.rewards[start:end]) + e.true_values[k + 1] - e.true_values[k]
+    return out
 
 
 @dataclass
@@ -156,6 +171,9 @@ class RolloutBatch:
     # from, and the sets' token ids; both None when no token was constrained.
     legal_index: torch.Tensor | None = None
     legal_ids: torch.Tensor | None = None
+    # Where the env reports exact values (info["value"]): at each turn's first action token, that
+    # action's TD error under them, r + V*(s') - V*(s); NaN elsewhere. None: no values.
+    true_deltas: torch.Tensor | None = None
 
     @classmethod
     def from_episodes(cls, episodes: list[Episode], pad_id: int, group_size: int = 1) -> "RolloutBatch":
@@ -177,6 +195,7 @@ class RolloutBatch:
             sample_logprobs=pad("logprobs", 0.0, torch.float32),
             sample_values=pad("values", 0.0, torch.float32),
             **dict(zip(("legal_index", "legal_ids"), pack_keys([e.legal for e in episodes], T) or ())),
+            true_deltas=true_deltas(episodes, T),
         )
 
     def to(self, device) -> "RolloutBatch":

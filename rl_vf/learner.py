@@ -106,6 +106,8 @@ class Learner:
                 advantages = OUTCOME_ONLY.advantages(batch, old, cfg, world.sum)[0]
             if returns is not None:
                 stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
+            if batch.true_deltas is not None:
+                stats.update(decision_signal(advantages, batch.true_deltas))
             if cfg.normalize_advantages:
                 advantages = whiten(advantages, mask, reduce=world.sum)
         # perf/trained_tokens counts a token once per transformer it is trained through: the policy
@@ -294,6 +296,24 @@ def grad_norms(parts: dict[str, torch.Tensor], params: list[torch.nn.Parameter])
             grads = torch.autograd.grad(part, params, retain_graph=True, allow_unused=True)
             norms[f"grad_norm/{name}"] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
     return norms
+
+
+def decision_signal(advantages: torch.Tensor, true_deltas: torch.Tensor) -> dict[str, float]:
+    """``advantage/decision_r2``: for each decision (an episode's k-th turn), the squared correlation over
+    the batch's episodes between the advantage of the turn's first action token and the action's TD
+    error under the env's exact values (``RolloutBatch.true_deltas``), averaged over the decisions whose
+    TD error varies in the batch. It is the share of the advantage's variance that is the decision's own
+    signal; the variance argument's speed-up of one arm over another is the ratio of their shares
+    (docs/crossover.md)."""
+    known = torch.isfinite(true_deltas)
+    turn = known.cumsum(1) - 1  # which decision of its episode each known entry is
+    shares = []
+    for k in range(int(known.sum(1).max())):
+        at = known & (turn == k)
+        pair = torch.stack([advantages[at].float(), true_deltas[at]])
+        if pair.shape[1] > 2 and bool((pair.std(1) > 0).all()):
+            shares.append(float(torch.corrcoef(pair)[0, 1] ** 2))
+    return {"advantage/decision_r2": sum(shares) / len(shares)} if shares else {}
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:

@@ -3,6 +3,8 @@
 Token-level MDP of DESIGN.md: mask 1 on action tokens, reward of env step k on the last token of
 turn k, observation tokens skipped (not decayed through), gamma once per turn boundary.
 """
+import math
+
 import pytest
 import torch
 
@@ -356,3 +358,33 @@ def test_reinforce_scores_the_discounted_return_when_gamma_is_below_one():
         adv, targets = algo.advantages(batch, {}, SimpleNamespace(gamma=gamma, baseline="none"))
         close(adv, t(per_episode)[:, None] * mask)
         assert targets is None
+
+
+def test_true_deltas_sit_on_each_turns_first_action_token():
+    from rl_vf.engine import Episode, RolloutBatch
+
+    # obs, action (2 tokens), obs, action (1 token): rewards 0 then 1; exact values 0.5 -> 0.25 -> 1.0 (end).
+    e = Episode(seed=0, tokens=[5, 6, 7, 8, 9], action_mask=[0, 1, 1, 0, 1], rewards=[0, 0, 0, 0, 1.0],
+                logprobs=[0.0] * 5, values=[0.0] * 5, true_values=[0.5, 0.25, 0.0], ret=1.0)
+    deltas = RolloutBatch.from_episodes([e], pad_id=0).true_deltas[0]
+    assert deltas[1].item() == -0.25 and deltas[4].item() == 1.0 - 0.25
+    assert torch.isnan(deltas[[0, 2, 3]]).all()
+    assert RolloutBatch.from_episodes([Episode(seed=0, tokens=[1, 2], action_mask=[0, 1], rewards=[0, 0],
+                                               logprobs=[0, 0], values=[0, 0], true_values=[math.nan, math.nan])],
+                                      pad_id=0).true_deltas is None
+
+
+def test_decision_signal_is_each_decisions_share_of_the_advantage_variance():
+    """Two independent decisions of equal variance: an advantage that is the decision's own TD error has
+    all of its variance as signal (1); the outcome-only sum of both has half (0.5)."""
+    from rl_vf.learner import decision_signal
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(4000, 2, generator=g)
+    deltas = torch.full((4000, 4), math.nan)
+    deltas[:, 0], deltas[:, 2] = d[:, 0], d[:, 1]
+    own = torch.zeros(4000, 4)
+    own[:, 0], own[:, 2] = d[:, 0], d[:, 1]
+    outcome = d.sum(1, keepdim=True).expand(-1, 4)
+    assert decision_signal(own, deltas)["advantage/decision_r2"] == pytest.approx(1.0)
+    assert decision_signal(outcome, deltas)["advantage/decision_r2"] == pytest.approx(0.5, abs=0.03)
