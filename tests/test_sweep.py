@@ -86,6 +86,8 @@ def test_shipped_study_file_is_valid_in_both_sizes(tmp_path):
         assert {"decisions", "key_to_door", "doomed_step"} <= tasks
         assert all(any(c.control for c in cells if c.task == t) for t in tasks), "every task needs its control"
         assert cells[0].comp.variants[0].name == "reinforce"
+    data = sweep.read_study(os.path.join(ROOT, "experiments", "decision_signal.yaml"), False)
+    assert len(sweep.make_cells(data, str(tmp_path / "signal"), "disabled")) == 3
 
 
 # ---- the crossover statistic --------------------------------------------------------------------
