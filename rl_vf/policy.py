@@ -13,7 +13,10 @@ import copy
 import functools
 import inspect
 import os
+import re
+import socket
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -399,6 +402,35 @@ def build_tiny(tokenizer, size: TinyConfig = TinyConfig(), seed: int = 0) -> Lla
         return LlamaForCausalLM(config)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "gpt2", "Qwen/Qwen2.5-0.5B"
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]  # config, weights, tokenizer
+
+
+def hub_snapshot(model: str) -> str:
+    """The local folder of Hugging Face hub id ``model``: its copy in the local cache, else a download
+    where the hub can be reached. Anything that is not a folder and not shaped like a hub id is a
+    missing folder; without network (a 3-second check, not transformers' minute of retries) the error
+    says so and how to bring the model."""
+    if not HUB_ID.match(model):
+        raise FileNotFoundError(f"model {model!r}: no such folder (and not 'tiny' or a hub id like 'org/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, allow_patterns=HUB_FILES, local_files_only=True)
+    except Exception:  # not cached: whatever huggingface_hub raises for it
+        pass
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError as e:
+        raise FileNotFoundError(
+            f"model {model!r} is not a local folder, and as a Hugging Face hub id it is neither in the local cache "
+            f"nor downloadable: {endpoint.hostname} cannot be reached ({e}). Where there is network, save it with "
+            f"AutoModelForCausalLM.from_pretrained({model!r}).save_pretrained(DIR) (and its tokenizer), copy DIR "
+            f"here and pass --model DIR") from None
+    return snapshot_download(model, allow_patterns=HUB_FILES)
+
+
 def load_policy(model: str = TINY, seed: int = 0, tiny: TinyConfig = TinyConfig(), alphabet: str = DEFAULT_CHARS):
     """``(policy, tokenizer)`` from ``"tiny"`` (built from config) or a local HF model folder.
 
@@ -418,7 +450,7 @@ def load_policy(model: str = TINY, seed: int = 0, tiny: TinyConfig = TinyConfig(
         policy.value_head.load_state_dict(load_file(os.path.join(model, VALUE_HEAD_FILE)))
         return policy, tokenizer
     if not os.path.isdir(model):
-        raise FileNotFoundError(f"model {model!r} is neither 'tiny' nor a local model folder (no hub downloads here)")
+        model = hub_snapshot(model)
     tokenizer = AutoTokenizer.from_pretrained(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -274,3 +274,13 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_resume_finishes
 
     assert main(["train", "--resume", str(run), "--total-episodes", str(32 * (done + 1))]) == 0
     assert json.loads((run / "summary.json").read_text())["updates"] == done + 1
+
+
+def test_a_hub_id_without_network_and_a_missing_folder_are_named(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # no network, whatever this machine has
+    assert main(["train", "--model", "someorg/some-model", "--total-episodes", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "'someorg/some-model' is not a local folder" in err and "cannot be reached" in err and "--model DIR" in err
+    assert main(["train", "--model", str(tmp_path / "no" / "such"), "--total-episodes", "16"]) == 2
+    assert "no such folder" in capsys.readouterr().err
