@@ -13,6 +13,7 @@ _ENTRY_POINTS = {
     "KeyToDoor-v0": "envs.key_to_door:KeyToDoorEnv",
     "Decisions-v0": "envs.decisions:DecisionsEnv",
     "DoomedStep-v0": "envs.doomed_step:DoomedStepEnv",
+    "ReasoningGym-v0": "envs.reasoning_gym_env:ReasoningGymEnv",
 }
 
 ENV_IDS: tuple[str, ...] = tuple(_ENTRY_POINTS)

@@ -72,6 +72,9 @@ class TextEnv(gymnasium.Env[str, str]):
     # few plausible ones, for demonstrations.
     legal_actions_complete = False
 
+    # Attributes that are configuration, not state (a dataset with its word lists): clones share them.
+    clone_shares: tuple[str, ...] = ()
+
     def clone(self, seed: int | None = None) -> Self:
         """An independent copy of this env, mid-episode state included.
 
@@ -81,7 +84,9 @@ class TextEnv(gymnasium.Env[str, str]):
         """
         # Spaces and spec are configuration: shared, not copied (a deep copy of them cost ~9x the
         # state of a KeyToDoor env); so is the random state that a new seed replaces anyway.
-        shared = [self.observation_space, self.action_space, self.spec] + ([self._np_random] if seed is not None else [])
+        shared = [self.observation_space, self.action_space, self.spec]
+        shared += [getattr(self, name) for name in self.clone_shares]
+        shared += [self._np_random] if seed is not None else []
         twin = copy.deepcopy(self, {id(x): x for x in shared})
         if seed is not None:
             twin._np_random, twin._np_random_seed = seeding.np_random(seed)
