@@ -445,8 +445,8 @@ def analyse(runs: dict[str, list[Run]], metric: str, fraction: float, seed: int 
     """Every number of a comparison report, from its finished runs."""
     done = {v: [r for r in rs if r.summary is not None] for v, rs in runs.items()}
     done = {v: rs for v, rs in done.items() if rs}
-    if metric in RATES and done and not any(metric in r.summary for rs in done.values() for r in rs):
-        metric = "eval/return_mean"  # the env defines no success, so no run records a success rate
+    if metric == "eval/success_rate" and done and not any(metric in r.summary for rs in done.values() for r in rs):
+        metric = "eval/return_mean"  # the default, for an env without success: no run records a success rate
     train_key = TRAIN_METRICS.get(metric, "train/" + metric.split("/", 1)[1])
     results = {
         "metric": metric, "train_metric": train_key,

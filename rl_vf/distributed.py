@@ -74,11 +74,15 @@ class World:
         return self.accelerator.reduce(tensor.clone(), reduction="sum")
 
     def mean_of(self, values: dict[str, float]) -> dict[str, float]:
-        """Each value averaged over every process."""
-        if self.accelerator is None or not values:
+        """Each value averaged over the processes that have it (a statistic one batch cannot give,
+        e.g. a correlation over decisions that do not vary in it, is missing from that process's)."""
+        if self.accelerator is None:
             return values
-        total = self.sum(torch.tensor(list(values.values()), dtype=torch.float64, device=self.accelerator.device))
-        return dict(zip(values, (total / self.size).tolist()))
+        keys = sorted(set().union(*self.gather([list(values)])))  # every process sends the same keys
+        device = self.accelerator.device
+        sums = self.sum(torch.tensor([values.get(k, 0.0) for k in keys], dtype=torch.float64, device=device))
+        counts = self.sum(torch.tensor([float(k in values) for k in keys], dtype=torch.float64, device=device))
+        return {k: s / c for k, s, c in zip(keys, sums.tolist(), counts.tolist()) if c}
 
     def gather(self, items: list) -> list:
         """Every process's ``items``, concatenated in rank order (picklable objects)."""
