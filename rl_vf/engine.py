@@ -33,7 +33,6 @@ from gymnasium.utils import seeding
 from gymnasium.wrappers import TimeLimit
 from transformers.cache_utils import DynamicLayer
 
-from rl_vf import llama
 from rl_vf.advantages import turn_starts
 from rl_vf.legal import Key, LegalActions, LegalDecode, pack_keys
 from rl_vf.policy import Policy, PolicyCache
@@ -556,7 +555,7 @@ class _StaticDecode:
 
     def _run(self):
         self.mask.index_copy_(1, self.column, self.live[:, None])
-        allowed = llama.visible(self.mask, self.column, self.policy.attention_window)
+        allowed = self.policy.visible(self.mask, self.column)
         logits, values, _ = self.policy(self.tok[:, None], attention_mask=allowed, position_ids=self.pos[:, None],
                                         past_key_values=self.cache, use_cache=True)
         self.pos += self.live

@@ -292,22 +292,45 @@ class Policy(nn.Module):
         """Tokens each token attends to, itself included (0: all before it); saved in the LM's config."""
         return getattr(self.lm.config, WINDOW_KEY, 0) or 0
 
-    def attention_mask(self, attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> torch.Tensor | None:
+    @property
+    def sliding_window(self) -> int:
+        """The window of the LM's own sliding-window attention, which ``visible`` then masks: on the layers
+        its config's ``layer_types`` name ``sliding_attention`` (Gemma2/3, Qwen2/3 with ``use_sliding_window``),
+        or on every layer where it lists none (Mistral, Phi-3). 0: none, or layer types besides full and
+        sliding (chunked, linear attention), whose masks stay Hugging Face's own."""
+        config = self.lm.config
+        types = set(getattr(config, "layer_types", None) or ["sliding_attention"])
+        if "sliding_attention" not in types or not types <= {"full_attention", "sliding_attention"}:
+            return 0
+        return getattr(config, "sliding_window", None) or 0
+
+    def visible(self, live: torch.Tensor, queries: int | torch.Tensor):
+        """``llama.visible`` under this LM's windows: one 4-D bool mask, or, with sliding-window layers beside
+        full ones, one per layer type (a mapping Hugging Face models take as built). Every window counts a
+        row's own tokens: Hugging Face's counts cache columns, which in the engine hold padding and old episodes."""
+        full = llama.visible(live, queries, self.attention_window)
+        if not self.sliding_window:
+            return full
+        sliding = llama.visible(live, queries, min(w for w in (self.attention_window, self.sliding_window) if w))
+        if getattr(self.lm.config, "layer_types", None) is None:  # every layer slides
+            return sliding
+        return {"full_attention": full, "sliding_attention": sliding}
+
+    def attention_mask(self, attention_mask: torch.Tensor | dict | None, input_ids: torch.Tensor):
         """The mask the transformer gets: the 2-D padding mask as it is, or with an attention window
-        the 4-D mask of ``llama.visible``; a 4-D bool mask (B, 1, Q, K) is taken as built. 4-D masks go
-        in the form the attention implementation adds or selects by."""
-        window = self.attention_window
-        if attention_mask is not None and attention_mask.dim() == 4:
+        (rl_vf's or the LM's sliding-window layers) the masks of ``visible``; masks already built
+        (4-D bool (B, 1, Q, K), or a mapping of them) are taken as they are. 4-D masks go in the form
+        the attention implementation adds or selects by."""
+        if isinstance(attention_mask, dict) or (attention_mask is not None and attention_mask.dim() == 4):
             allowed = attention_mask  # already built by the caller (the engine's static decode step)
-        elif not window:
+        elif not (self.attention_window or self.sliding_window):
             return attention_mask
         else:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            allowed = llama.visible(attention_mask, input_ids.shape[1], window)
+            allowed = self.visible(attention_mask, input_ids.shape[1])
         if self.lm.config._attn_implementation == "eager":  # eager adds the mask to the scores
-            blocked = torch.finfo(torch.float32).min
-            return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, blocked)
+            return {k: additive(m) for k, m in allowed.items()} if isinstance(allowed, dict) else additive(allowed)
         return allowed
 
     def parameter_groups(self) -> list[list[nn.Parameter]]:
@@ -342,6 +365,11 @@ class Policy(nn.Module):
             self.critic.save_pretrained(os.path.join(path, CRITIC_DIR))
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
+
+
+def additive(allowed: torch.Tensor) -> torch.Tensor:
+    """A bool attention mask in the form eager attention adds to its scores: 0, or the float minimum."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
 def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
@@ -409,26 +437,31 @@ HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]  # con
 def hub_snapshot(model: str) -> str:
     """The local folder of Hugging Face hub id ``model``: its copy in the local cache, else a download
     where the hub can be reached. Anything that is not a folder and not shaped like a hub id is a
-    missing folder; without network (a 3-second check, not transformers' minute of retries) the error
-    says so and how to bring the model."""
+    missing folder; offline (HF_HUB_OFFLINE, or no network: a 3-second check, not transformers' minute
+    of retries) the error says so and how to bring the model."""
     if not HUB_ID.match(model):
         raise FileNotFoundError(f"model {model!r}: no such folder (and not 'tiny' or a hub id like 'org/name')")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     try:
         return snapshot_download(model, allow_patterns=HUB_FILES, local_files_only=True)
     except Exception:  # not cached: whatever huggingface_hub raises for it
         pass
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
-    except OSError as e:
-        raise FileNotFoundError(
-            f"model {model!r} is not a local folder, and as a Hugging Face hub id it is neither in the local cache "
-            f"nor downloadable: {endpoint.hostname} cannot be reached ({e}). Where there is network, save it with "
-            f"AutoModelForCausalLM.from_pretrained({model!r}).save_pretrained(DIR) (and its tokenizer), copy DIR "
-            f"here and pass --model DIR") from None
-    return snapshot_download(model, allow_patterns=HUB_FILES)
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        try:
+            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+        except OSError as e:
+            why = f"{endpoint.hostname} cannot be reached ({e})"
+        else:
+            return snapshot_download(model, allow_patterns=HUB_FILES)
+    raise FileNotFoundError(
+        f"model {model!r} is not a local folder, and as a Hugging Face hub id it is neither in the local cache "
+        f"nor downloadable: {why}. Where there is network, save it with "
+        f"AutoModelForCausalLM.from_pretrained({model!r}).save_pretrained(DIR) (and its tokenizer), copy DIR "
+        f"here and pass --model DIR")
 
 
 def load_policy(model: str = TINY, seed: int = 0, tiny: TinyConfig = TinyConfig(), alphabet: str = DEFAULT_CHARS):

@@ -277,10 +277,15 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_command_and_resume_finishes
 
 
 def test_a_hub_id_without_network_and_a_missing_folder_are_named(capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # nothing cached
     monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # no network, whatever this machine has
     assert main(["train", "--model", "someorg/some-model", "--total-episodes", "16"]) == 2
     err = capsys.readouterr().err
     assert "'someorg/some-model' is not a local folder" in err and "cannot be reached" in err and "--model DIR" in err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline by choice: said so, the network left alone
+    assert main(["train", "--model", "someorg/some-model", "--total-episodes", "16"]) == 2
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().err
     assert main(["train", "--model", str(tmp_path / "no" / "such"), "--total-episodes", "16"]) == 2
     assert "no such folder" in capsys.readouterr().err
