@@ -118,13 +118,15 @@ class Learner:
         steps, tokens = 0, 0
         for epoch in range(cfg.epochs):
             epoch_kl = []
-            for idx in torch.randperm(len(batch), generator=self.generator, device=self.device).split(self.minibatch_size):
+            minibatches = torch.randperm(len(batch), generator=self.generator, device=self.device).split(self.minibatch_size)
+            # Each global minibatch's action tokens: one collective per epoch, not one per step.
+            step_action_tokens = world.sum(torch.stack([mask[idx].sum() for idx in minibatches]))
+            for idx, action_tokens in zip(minibatches, step_action_tokens):
                 self.optimizer.zero_grad(set_to_none=True)
                 step_terms: dict[str, float] = {}
-                idx = idx.to(self.device)
                 # Shares of the global minibatch's action tokens, times the processes that DDP's
                 # all-reduce (and World.mean_of for the logged terms) averages over.
-                parts_of_step = list(minibatch_parts(lengths, mask, idx, cfg.update_tokens, world.sum(mask[idx].sum())))
+                parts_of_step = list(minibatch_parts(lengths, mask, idx, cfg.update_tokens, action_tokens))
                 for i, (sl, share) in enumerate(parts_of_step):
                     weight = share * world.size
                     last = i == len(parts_of_step) - 1  # its backward all-reduces what the parts accumulated
