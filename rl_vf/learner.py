@@ -127,19 +127,24 @@ class Learner:
                 # Shares of the global minibatch's action tokens, times the processes that DDP's
                 # all-reduce (and World.mean_of for the logged terms) averages over.
                 parts_of_step = list(minibatch_parts(lengths, mask, idx, cfg.update_tokens, action_tokens))
+                nonfinite = None  # this process's terms of a part whose loss is not finite
                 for i, (sl, share) in enumerate(parts_of_step):
                     weight = share * world.size
                     last = i == len(parts_of_step) - 1  # its backward all-reduces what the parts accumulated
                     with contextlib.nullcontext() if last else world.no_sync(self.scorer):
                         loss, terms, parts = self.part_loss(batch, sl, algo, old, ref, advantages, returns)
-                        if not torch.isfinite(loss):
-                            raise NonFiniteLoss({k: float(v.detach()) for k, v in terms.items()})
+                        if nonfinite is None and not torch.isfinite(loss):
+                            nonfinite = {k: float(v.detach()) for k, v in terms.items()}
                         if steps == 0 and not tokens:  # the first part of an update: what each term pulls with
                             stats.update(grad_norms(parts, [p for p in policy.parameters() if p.requires_grad]))
                         (loss * weight).backward()
                     for k, v in terms.items():
                         step_terms[k] = step_terms.get(k, 0.0) + float(v.detach() * weight)
                     tokens += int(batch.attention_mask[sl].sum()) * models
+                # Decided by every process together, before the step: one process stopping alone would
+                # leave the others waiting at their next all-reduce.
+                if world.agree(nonfinite is not None):
+                    raise NonFiniteLoss(nonfinite or {})
                 clip_gradients(policy, cfg.max_grad_norm)
                 self.optimizer.step()
                 for k, v in step_terms.items():

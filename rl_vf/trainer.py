@@ -150,7 +150,8 @@ class Trainer:
             raise self.diverged(e.terms) from None
 
     def diverged(self, terms: dict) -> TrainingDiverged:
-        where = f"non-finite loss at update {self.update_idx + 1} ({', '.join(f'{k}={v:.4g}' for k, v in terms.items())})"
+        terms_text = ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or "in another process"
+        where = f"non-finite loss at update {self.update_idx + 1} ({terms_text})"
         if all(torch.isfinite(p).all() for p in self.policy.parameters()):
             path = self.save_checkpoint("last_good")
             return TrainingDiverged(f"{where}; the policy before the failing step is saved in {path}")

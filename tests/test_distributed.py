@@ -15,6 +15,7 @@ from rl_vf.cli import main
 from rl_vf.config import make_config
 from rl_vf.distributed import World
 from rl_vf.engine import RolloutBatch
+from rl_vf.policy import load_policy
 from rl_vf.trainer import Trainer
 
 SMALL = {"hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64, "threads": 1}
@@ -154,6 +155,36 @@ def test_a_killed_process_stops_the_run_with_a_message_and_resume_finishes_it(tm
     capfd.readouterr()
     assert main(["train", "--resume", str(run), "--total-episodes", "80"]) == 2  # one process: refused
     assert "comes from a run of 2 process(es); resume it with as many" in capfd.readouterr().err
+
+
+def poisoned_worker(rank, size, port, argv):
+    """``rl-vf train`` where process 1's policy loss turns NaN from its second update on."""
+    import rl_vf.learner as learner
+
+    real = learner.policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return (loss * float("nan") if rank == 1 and poisoned.update >= 1 else loss), stats
+
+    real_set_lr = learner.Learner.set_lr
+
+    def set_lr(self, update, total_updates):  # called at the start of every update
+        poisoned.update = update
+        real_set_lr(self, update, total_updates)
+
+    learner.policy_loss, learner.Learner.set_lr = poisoned, set_lr
+    train_worker(rank, size, port, argv, None)
+
+
+def test_a_nan_loss_in_one_process_stops_every_process_at_once(tmp_path, capfd):
+    run = tmp_path / "run"
+    assert spawn(poisoned_worker, train_args(run, 64) + ["--critic-warmup-updates", "0"]) == [0, 0]
+    assert [json.loads((run / f"rank{r}.json").read_text())["code"] for r in range(2)] == [1, 1]  # no hang
+    err = capfd.readouterr().err
+    assert "non-finite loss at update 2 (in another process)" in err and "Traceback" not in err
+    policy, _ = load_policy(str(run / "checkpoints" / "last_good"))
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
 
 
 def test_a_batch_plan_the_processes_cannot_share_is_refused(tmp_path, capfd):
