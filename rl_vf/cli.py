@@ -10,7 +10,7 @@ import time
 from typing import NamedTuple
 
 from rl_vf import compare, sweep
-from rl_vf.config import ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, flag, load_yaml, make_config
+from rl_vf.config import DEFAULT_RUN_TIME, ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, flag, load_yaml, make_config
 
 DEFAULTS = TrainConfig()
 # Flags the issue names first in --help; every other config field follows.
@@ -23,14 +23,25 @@ def train_parser(sub) -> None:
         description="Train a language-model policy on a Gymnasium text env. Precedence: defaults < the env's "
                     "own defaults (below) < --config YAML < flags. Writes a run folder with config.yaml, "
                     "metrics.jsonl, summary.json, checkpoints/ and eval_samples.jsonl.",
-        epilog="env defaults: " + "; ".join(f"{env}: " + ", ".join(f"{k}={v}" for k, v in keys.items())
-                                            for env, keys in ENV_DEFAULTS.items()),
+        epilog=env_defaults_help(),
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint (exactly, on CPU); "
                                                    "flags given here override its config.yaml, e.g. --total-episodes")
     config_flags(p.add_argument_group("run"), MAIN_FLAGS)
     config_flags(p.add_argument_group("every other config key"), [k for k in FIELDS if k not in MAIN_FLAGS])
+
+
+def env_defaults_help() -> str:
+    """Every registered env's own defaults and how long a whole run at them takes (``train --help``)."""
+    import envs
+
+    def overrides(env: str) -> str:
+        return ", ".join(f"{k}={v}" for k, v in ENV_DEFAULTS.get(env, {}).items()) or "none"
+
+    return ("env defaults, each after the wall time of a whole default run (--threads 1 on a 2-core CPU; "
+            "docs/benchmark.md, \"Whole default runs\"): " +
+            "; ".join(f"{env} ({DEFAULT_RUN_TIME[env]}): {overrides(env)}" for env in envs.ENV_IDS))
 
 
 def config_flags(group, names, defaults: dict | None = None) -> None:

@@ -257,9 +257,30 @@ ENV_DEFAULTS: dict[str, dict] = {
     # The compact board (77 characters a turn instead of 164) halves a transcript; attention over it
     # is what an update spends its time on (first 64-game update of KQK: over 5 CPU minutes without,
     # 82 s with). A whole game of Chess-v0 is cut at 40 moves for the same reason (its first update
-    # still takes about 200 CPU s; docs/benchmark.md, "First update of every env").
-    "ChessEndgame-v0": {"constrain_actions": "legal", "env_kwargs": {"compact": True}},
-    "Chess-v0": {"constrain_actions": "legal", "env_kwargs": {"compact": True, "max_moves": 40}},
+    # still takes about 200 CPU s; docs/benchmark.md, "First update of every env"). Transcripts of
+    # 1,300-3,300 tokens make an update of 1024 games take over 10 minutes on a CPU, so the default
+    # budgets are 16 updates of 128 (KQK) and 64 (a whole game) games.
+    "ChessEndgame-v0": {"total_episodes": 2048, "episodes_per_update": 128, "constrain_actions": "legal",
+                        "env_kwargs": {"compact": True}},
+    "Chess-v0": {"total_episodes": 1024, "episodes_per_update": 64, "constrain_actions": "legal",
+                 "env_kwargs": {"compact": True, "max_moves": 40}},
+}
+
+# How long a whole `rl-vf train --env ID --threads 1` at the defaults above takes on the 2-core CPU
+# machine (wall time with nothing else running; docs/benchmark.md, "Whole default runs", has the
+# commands). `rl-vf train --help` lists it beside each env's defaults.
+DEFAULT_RUN_TIME: dict[str, str] = {
+    "TicTacToe-v0": "14 min",
+    "ConnectFour-v0": "12 min with reinforce; ppo not measured",
+    "ChessEndgame-v0": "not measured; ~45 min estimated from its first update",
+    "Chess-v0": "not measured; ~70 min estimated from its first update",
+    "CodeFunction-v0": "21 min",
+    "Arithmetic-v0": "4 min",
+    "Countdown-v0": "5 min",
+    "KeyToDoor-v0": "10 min",
+    "Decisions-v0": "5 min",
+    "DoomedStep-v0": "5 min",
+    "ReasoningGym-v0": "not measured: depends on the dataset",
 }
 
 

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
+import envs
 from rl_vf.cli import main
-from rl_vf.config import ENV_DEFAULTS, make_config
+from rl_vf.config import DEFAULT_RUN_TIME, ENV_DEFAULTS, make_config
 from rl_vf.metrics_log import read_metrics
 from rl_vf.policy import load_policy
 from rl_vf.trainer import update_sizes
@@ -97,7 +98,10 @@ def test_env_defaults_sit_between_the_defaults_and_the_user(tmp_path, capsys):
     assert make_config({"env": "ConnectFour-v0"}, {"total_episodes": 100}).total_episodes == 100
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "ConnectFour-v0: total_episodes=10240" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"ConnectFour-v0 ({DEFAULT_RUN_TIME['ConnectFour-v0']}): total_episodes=10240" in shown
+    for env_id in envs.ENV_IDS:  # every env, with the time a whole default run takes
+        assert f"{env_id} ({DEFAULT_RUN_TIME[env_id]}):" in shown
 
 
 def test_env_kwargs_go_key_by_key_over_the_envs_own():
