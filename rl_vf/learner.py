@@ -22,10 +22,10 @@ OUTCOME_ONLY = Reinforce()  # the policy's advantages while the critic warms up
 
 
 class NonFiniteLoss(RuntimeError):
-    """A loss that is NaN or inf; ``terms`` holds its named parts."""
+    """A loss that is NaN or inf; ``terms`` holds its named parts (none: another process's loss)."""
 
     def __init__(self, terms: dict[str, float]):
-        super().__init__(", ".join(f"{k}={v:.4g}" for k, v in terms.items()))
+        super().__init__(", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or "in another process")
         self.terms = terms
 
 

@@ -147,11 +147,10 @@ class Trainer:
         try:
             return self.learner.update(batch, self.algo, values)
         except NonFiniteLoss as e:
-            raise self.diverged(e.terms) from None
+            raise self.diverged(e) from None
 
-    def diverged(self, terms: dict) -> TrainingDiverged:
-        terms_text = ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) or "in another process"
-        where = f"non-finite loss at update {self.update_idx + 1} ({terms_text})"
+    def diverged(self, error: NonFiniteLoss) -> TrainingDiverged:
+        where = f"non-finite loss at update {self.update_idx + 1} ({error})"
         if all(torch.isfinite(p).all() for p in self.policy.parameters()):
             path = self.save_checkpoint("last_good")
             return TrainingDiverged(f"{where}; the policy before the failing step is saved in {path}")
