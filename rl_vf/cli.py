@@ -10,7 +10,7 @@ import time
 from typing import NamedTuple
 
 from rl_vf import compare, sweep
-from rl_vf.config import DEFAULT_RUN_TIME, ENV_DEFAULTS, FIELDS, ConfigError, TrainConfig, coerce, flag, load_yaml, make_config
+from rl_vf.config import DEFAULT_RUN_TIME, ENV_DEFAULTS, FIELDS, WARM_START_FIELDS, ConfigError, TrainConfig, coerce, flag, load_yaml, make_config
 
 DEFAULTS = TrainConfig()
 # Flags the issue names first in --help; every other config field follows.
@@ -55,10 +55,8 @@ def config_flags(group, names, defaults: dict | None = None) -> None:
 
 
 # Config keys that pretraining reads; --demos and --expert-prob set the warm_start_* keys.
-PRETRAIN_KEYS = ("env", "env_kwargs", "eval_env_kwargs", "seed", "model", "out", "device", "threads", "hidden_size",
-                 "layers", "heads", "intermediate_size", "attention_window", "max_action_tokens", "constrain_actions",
-                 "warm_start_epochs", "warm_start_lr", "minibatch_size", "vf_coef", "gamma", "max_grad_norm",
-                 "num_envs", "final_eval_episodes", "eval_greedy")
+PRETRAIN_KEYS = ("out", "final_eval_episodes", *(k for k in WARM_START_FIELDS if k not in ("warm_start_demos",
+                                                                                         "warm_start_expert_prob")))
 PRETRAIN_DEFAULTS = {"warm_start_demos": 2000}
 
 
@@ -66,8 +64,8 @@ def pretrain_parser(sub) -> None:
     p = sub.add_parser(
         "pretrain", help="warm-start a policy by supervised learning on the env's demonstrations",
         description="Play --demos episodes with the env's demonstrator (its solver, heuristic or engine, mixed "
-                    "with random legal moves), fit the policy to them (action NLL + vf_coef x value loss towards "
-                    "the reward-to-go), evaluate it, and save a checkpoint that `train --model DIR/checkpoints/final` "
+                    "with random legal moves), fit the policy to them (the NLL of the demonstrated actions; the "
+                    "value function is left as initialised), evaluate it, and save a checkpoint that `train --model DIR/checkpoints/final` "
                     "starts from (`train --warm-start-demos N` does both in one run). Writes config.yaml, "
                     "metrics.jsonl (per epoch), summary.json, checkpoints/final.",
     )
@@ -202,12 +200,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = world.gather([cfg.out or default_run_dir(cfg)])[0]  # the main process's (a default has the time)
     cfg.out = run_dir
     if cfg.warm_start_demos and not checkpoint:
-        from rl_vf.pretrain import pretrain
+        from rl_vf.pretrain import warm_start
 
         warm_dir = os.path.join(run_dir, "warm_start")
         if world.is_main:
             # A check on the way, not the run's result: the periodic evaluation's size, not the final one's.
-            print_warm_start(pretrain(cfg, warm_dir, cfg.eval_episodes))
+            print_warm_start(warm_start(cfg, warm_dir, cfg.eval_episodes))
         world.wait()
         cfg.model = os.path.join(warm_dir, "checkpoints", "final")  # config.yaml records where RL started from
     trainer = Trainer(cfg, run_dir, world)  # validates env and model before anything is written
@@ -390,7 +388,8 @@ def print_warm_start(summary: dict) -> None:
     print(f"demonstrator: {outcome('demo')} over {summary['demos']} demos; warm start "
           f"({'greedy' if summary['eval/greedy'] else 'sampled'}) over {summary['eval/episodes']} episodes: "
           f"{outcome('eval')}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f}"
-          f" ({summary['perf/wall_s']:.0f} s)", file=sys.stderr)
+          f" ({summary['perf/wall_s']:.0f} s" + (f"; reused from {summary['cache']}" if summary.get("cached") else "")
+          + ")", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,9 @@ class TrainConfig:
     warm_start_expert_prob: float = doc("chance that a demonstrated move is the expert's, else a random legal one", 0.8)
     warm_start_epochs: int = doc("supervised passes over the demonstrations", 8)
     warm_start_lr: float = doc("Adam learning rate of the warm start", 3e-3)
+    warm_start_cache: bool = doc("reuse a warm start computed before with the same settings, model and source "
+                                 "(kept in $RL_VF_CACHE, default ~/.cache/rl_vf/warm_starts) instead of computing it "
+                                 "again", True)
     # Evaluation, logging, checkpoints.
     eval_every: int = doc("evaluate every N updates (0 disables periodic eval)", 25)
     eval_episodes: int = doc("episodes per periodic evaluation", 200)
@@ -224,6 +227,15 @@ def choice(value, valid, name: str):
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+# Every config key a warm start reads (tests/test_pretrain.py checks the list against what pretrain
+# reads): `rl-vf pretrain`'s flags and the key of the warm-start cache (rl_vf/pretrain.py). It reads
+# ``critic`` too, but drops the critic before training, so the arms of a comparison share one.
+WARM_START_FIELDS = ("env", "env_kwargs", "eval_env_kwargs", "seed", "model", "device", "threads", "precision",
+                     "hidden_size", "layers", "heads", "intermediate_size", "attention_window", "lora_rank",
+                     "lora_alpha", "gradient_checkpointing", "max_action_tokens", "constrain_actions",
+                     "warm_start_demos", "warm_start_expert_prob", "warm_start_epochs", "warm_start_lr",
+                     "minibatch_size", "update_tokens", "max_grad_norm", "num_envs", "env_threads", "eval_greedy")
 
 
 def flag(name: str) -> str:

@@ -7,19 +7,29 @@ the same conditional it will sample from in RL. The loss is the NLL of the actio
 value function is left as initialised (DESIGN.md: a critic is fitted only to the returns of the
 policy being trained, never to the demonstrator's), and no separate critic is saved, so RL with
 ``critic: separate`` starts its critic as a copy of the warm-started trunk.
+
+``warm_start`` keeps each warm start that ``train`` computes in a cache and copies it into later runs
+with the same settings (the arms of a comparison at one seed, a run started again): the same
+settings, model and source give the same weights, so recomputing them only costs minutes.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import shutil
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
+import transformers
 from tqdm.auto import tqdm
 
 from rl_vf.algos.losses import masked_mean
-from rl_vf.config import ConfigError, TrainConfig, write_config
+from rl_vf.config import WARM_START_FIELDS, ConfigError, TrainConfig, write_config
 from rl_vf.engine import Episode, RolloutBatch, stop_token_mask
 from rl_vf.legal import LegalActions
 from rl_vf.actor import episode_metrics, evaluate, open_env, policy_for_env, resolve_device
@@ -72,6 +82,74 @@ def check_demonstrator(env, env_id: str) -> None:
 
         raise ConfigError(f"env {env_id!r} has no demonstrator ({e}); it needs expert_action() and legal_actions() "
                           f"(see envs/base.py); built-in envs: {', '.join(envs.ENV_IDS)}") from None
+
+
+def cache_root() -> str:
+    """The folder of rl_vf's caches: ``$RL_VF_CACHE``, else ``$XDG_CACHE_HOME/rl_vf`` (~/.cache/rl_vf)."""
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rl_vf")
+    return os.environ.get("RL_VF_CACHE") or default
+
+
+def source_files(env) -> list[str]:
+    """The Python files a warm start's result depends on: rl_vf's, and those beside the env's module."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env_dir = os.path.dirname(os.path.abspath(sys.modules[type(env.unwrapped).__module__].__file__))
+    files = [os.path.join(d, f) for d, _, names in os.walk(here) for f in names if f.endswith(".py")]
+    files += [os.path.join(env_dir, f) for f in os.listdir(env_dir) if f.endswith(".py")]
+    return sorted(set(files))
+
+
+def warm_start_key(cfg: TrainConfig, eval_episodes: int, env) -> str:
+    """A hash of all a warm start depends on: the config keys it reads, the model folder's files (name,
+    size, modification time), rl_vf's and the env's source, and the torch and transformers versions."""
+    digest = hashlib.sha256()
+    settings = {name: getattr(cfg, name) for name in WARM_START_FIELDS}
+    settings.update(eval_episodes=eval_episodes, torch=torch.__version__, transformers=transformers.__version__)
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in source_files(env):
+        with open(path, "rb") as f:
+            digest.update(path.encode() + f.read())
+    if os.path.isdir(cfg.model):
+        for folder, _, names in sorted(os.walk(cfg.model)):
+            for name in sorted(names):
+                stat = os.stat(os.path.join(folder, name))
+                digest.update(f"{os.path.relpath(os.path.join(folder, name), cfg.model)}:{stat.st_size}:"
+                              f"{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+def warm_start(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:
+    """``pretrain`` into ``run_dir``, or, with ``cfg.warm_start_cache``, a copy of the same warm start
+    from the cache (computed there first when it is not yet). A run that asks for a warm start another
+    one is computing waits for it (a file lock) instead of computing it twice. The summary says
+    ``cached`` and where from."""
+    if not cfg.warm_start_cache:
+        return pretrain(cfg, run_dir, eval_episodes)
+    env = open_env(cfg.env, cfg.env_kwargs).make()
+    key = warm_start_key(cfg, eval_episodes, env)
+    env.close()
+    folder = os.path.join(cache_root(), "warm_starts")
+    cached = os.path.join(folder, key)
+    os.makedirs(folder, exist_ok=True)
+    with open(cached + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        computed = not os.path.isfile(os.path.join(cached, "summary.json"))
+        if computed:
+            partial = tempfile.mkdtemp(prefix=key + ".", dir=folder)  # renamed once complete
+            try:
+                pretrain(cfg, partial, eval_episodes)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+            shutil.rmtree(cached, ignore_errors=True)
+            os.rename(partial, cached)
+        shutil.copytree(cached, run_dir, dirs_exist_ok=True)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    summary.update(checkpoint=os.path.join(run_dir, "checkpoints", "final"), cached=not computed, cache=cached)
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
 
 
 def pretrain(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:

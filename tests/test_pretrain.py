@@ -12,6 +12,8 @@ from rl_vf.cli import main
 from rl_vf.metrics_log import read_metrics
 from rl_vf.policy import load_policy
 from rl_vf.engine import stop_token_mask
+from rl_vf import pretrain as pretrain_module
+from rl_vf.config import FIELDS, WARM_START_FIELDS, TrainConfig, make_config
 from rl_vf.pretrain import demo_episode, stop_token
 from rl_vf.tokenizer import char_tokenizer
 from rl_vf.actor import open_env, transcript
@@ -98,6 +100,47 @@ def test_train_with_warm_start_demos_pretrains_first(tmp_path):
     assert warm["eval/success_rate"] == 1.0 and warm["demos"] == 256
     assert read_metrics(run / "metrics.jsonl")[0]["train/success_rate"] > 0.8
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == warm["checkpoint"]
+
+
+def test_the_warm_start_cache_key_holds_every_config_key_pretrain_reads(tmp_path, monkeypatch):
+    read = set()
+
+    class Recording(TrainConfig):
+        def __getattribute__(self, name):
+            read.add(name)
+            return super().__getattribute__(name)
+
+    cfg = make_config({"env": "tests.toy_env:PickThree-v0", "warm_start_demos": 4, "warm_start_epochs": 1,
+                       "hidden_size": 16, "intermediate_size": 32, "layers": 1, "heads": 2, "threads": 1})
+    recording = Recording(**{name: getattr(cfg, name) for name in FIELDS})
+    monkeypatch.setattr(pretrain_module, "write_config", lambda *_: None)  # it reads every key, to save them
+    read.clear()
+    pretrain_module.pretrain(recording, str(tmp_path), eval_episodes=4)
+    assert {"warm_start_lr", "seed", "model"} <= read & set(FIELDS) <= set(WARM_START_FIELDS) | {"critic"}
+
+
+def weights(run):
+    return (run / "warm_start" / "checkpoints" / "final" / "model.safetensors").read_bytes()
+
+
+def test_train_reuses_a_cached_warm_start_only_when_every_setting_matches(tmp_path):
+    def train(name, *extra):
+        run = tmp_path / name
+        assert main(["train", "--env", "tests.toy_env:PickThree-v0", "--warm-start-demos", "32",
+                     "--warm-start-epochs", "1", "--minibatch-size", "16", "--total-episodes", "16",
+                     "--episodes-per-update", "16", "--final-eval-episodes", "4", "--eval-episodes", "4",
+                     "--eval-every", "0", "--wandb", "disabled", "--seed", "11", "--out", str(run), *SMALL, *extra]) == 0
+        return run, json.loads((run / "warm_start" / "summary.json").read_text())
+
+    first, summary = train("ppo")
+    assert summary["cached"] is False and summary["checkpoint"] == str(first / "warm_start" / "checkpoints" / "final")
+    other_arm, summary = train("reinforce", "--algo", "reinforce", "--lr", "1e-2")  # RL settings: not the warm start's
+    assert summary["cached"] is True and summary["checkpoint"].startswith(str(other_arm))
+    assert weights(other_arm) == weights(first)
+    fresh, summary = train("no-cache", "--warm-start-cache", "false")
+    assert "cached" not in summary and weights(fresh) == weights(first)  # same settings, same weights
+    changed, summary = train("other-lr", "--warm-start-lr", "1e-2")
+    assert summary["cached"] is False and weights(changed) != weights(first)
 
 
 @pytest.mark.parametrize("argv,needle", [
