@@ -26,6 +26,8 @@ import sys
 
 import torch
 
+from rl_vf.config import ConfigError
+
 
 class World:
     """The processes of a run: ``rank`` of ``size``; one process unless launched with several."""
@@ -37,7 +39,16 @@ class World:
 
     @classmethod
     def from_launch(cls, device: torch.device) -> "World":
-        """The processes a launcher started (``WORLD_SIZE`` > 1: ``accelerate launch``, torchrun), else one."""
+        """The processes a launcher started (``WORLD_SIZE`` > 1: ``accelerate launch``, torchrun), else one.
+        A launch that asks for FSDP or DeepSpeed is refused: accelerate would otherwise fall back to DDP
+        on CPUs without a word (measured), and rl_vf does not shard yet."""
+        for engine, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+            if os.environ.get(variable, "").lower() in ("true", "1", "yes"):
+                raise ConfigError(
+                    f"this launch asks for {engine} ({variable}={os.environ[variable]}), which rl_vf does not support "
+                    f"yet: every process holds the whole model for its rollouts. Launch plain data-parallel (DDP: "
+                    f"`accelerate launch --multi_gpu`, or an accelerate config without {engine}); for a model that "
+                    f"does not fit, train LoRA adapters (--lora-rank) with --gradient-checkpointing")
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         from accelerate import Accelerator, DistributedDataParallelKwargs

@@ -196,6 +196,17 @@ def test_a_batch_plan_the_processes_cannot_share_is_refused(tmp_path, capfd):
     assert "with 2 processes (x group_size 4), episodes_per_update 12 is not a multiple of 8" in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_a_launch_that_asks_for_sharding_is_refused_not_run_as_ddp(tmp_path, capsys, monkeypatch, variable):
+    # What `accelerate launch --use_fsdp` / `--use_deepspeed` sets; on CPUs accelerate would run plain DDP.
+    monkeypatch.setenv(variable, "true")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(train_args(tmp_path / "run", 8)) == 2
+    err = capsys.readouterr().err
+    assert f"this launch asks for {'FSDP' if 'FSDP' in variable else 'DeepSpeed'} ({variable}=true)" in err
+    assert "--lora-rank" in err and not (tmp_path / "run").exists()
+
+
 def test_compare_runs_each_run_as_two_processes_through_accelerate_launch(tmp_path):
     """The real launcher (`accelerate launch --multi_gpu`: torchrun underneath, gloo on the CPU), as
     `rl-vf compare --processes 2` starts it for each run."""
