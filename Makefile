@@ -18,10 +18,6 @@ STUDY   ?= experiments/study.yaml
 NPROC   ?= 1
 STAMP    = .venv/.installed
 
-# NPROC > 1: data-parallel processes through accelerate (torchrun underneath; gloo on the CPU, NCCL on GPUs).
-LAUNCH = $(if $(filter-out 1,$(NPROC)),$(PY) -m accelerate.commands.launch --multi_gpu --num_processes $(NPROC) \
-	--num_machines 1 --mixed_precision no --dynamo_backend no,$(PY))
-
 TRAIN_FLAGS = --env $(ENV) --algo $(ALGO) --seed $(SEED) --model $(MODEL) --wandb $(WANDB) \
 	$(if $(EPISODES),--total-episodes $(EPISODES)) $(if $(OUT),--out $(OUT)) $(if $(CONFIG),--config $(CONFIG))
 
@@ -60,7 +56,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 train: $(STAMP)
-	$(LAUNCH) -m rl_vf train $(TRAIN_FLAGS) $(ARGS)
+	$(PY) -m rl_vf train --processes $(NPROC) $(TRAIN_FLAGS) $(ARGS)
 
 pretrain: $(STAMP)
 	$(PY) -m rl_vf pretrain --env $(ENV) --seed $(SEED) --model $(MODEL) $(if $(DEMOS),--demos $(DEMOS)) \

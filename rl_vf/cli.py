@@ -28,6 +28,9 @@ def train_parser(sub) -> None:
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint (exactly, on CPU); "
                                                    "flags given here override its config.yaml, e.g. --total-episodes")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine, started through `accelerate launch` (default 1; "
+                        "under a launcher of your own: its process count)")
     config_flags(p.add_argument_group("run"), MAIN_FLAGS)
     config_flags(p.add_argument_group("every other config key"), [k for k in FIELDS if k not in MAIN_FLAGS])
 
@@ -178,6 +181,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rl_vf.metrics_log import MetricsLog
     from rl_vf.trainer import Interrupted, Trainer, TrainingDiverged
 
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be >= 1, got {args.processes}")
+    if args.processes > 1 and launched == 1:
+        return launch_processes(args.processes, args.argv)
+    if args.processes > 1 and args.processes != launched:
+        raise ConfigError(f"--processes {args.processes}, but the launcher started {launched} processes")
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
     file_layer = load_yaml(args.config) if args.config else {}
     if args.resume:
@@ -380,6 +390,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def launch_processes(processes: int, argv: list[str]) -> int:
+    """``rl-vf train --processes N``: the same command as N data-parallel processes (``accelerate
+    launch``); waits for them. Ctrl-C reaches them as well, and they stop at a safe point and save."""
+    import signal
+    import subprocess
+
+    from rl_vf.distributed import launch_command
+
+    proc = subprocess.Popen([*launch_command(processes), *argv])
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def print_warm_start(summary: dict) -> None:
     def outcome(prefix: str) -> str:  # the success rate, or the mean return for an env without success
         key = f"{prefix}/success_rate" if f"{prefix}/success_rate" in summary else f"{prefix}/return_mean"
@@ -394,6 +420,7 @@ def print_warm_start(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if extra:
         print(f"rl-vf {args.command}: error: {unrecognized(args, extra)}", file=sys.stderr)
         return 2
