@@ -40,7 +40,6 @@ import re
 import runpy
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -54,7 +53,6 @@ from rl_vf import stats
 from rl_vf.advantages import BASELINES
 from rl_vf.algos import ALGOS
 from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, flag, make_config, unknown_key
-from rl_vf.distributed import launch_command
 from rl_vf.metrics_log import log_report
 from rl_vf.report import ci, num, plot_curves, plot_intervals, plot_profiles, write_outputs
 
@@ -250,15 +248,11 @@ def launch(comp: Comparison, variant: Variant, seed: int, processes: int = 1) ->
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run that died before its first checkpoint starts over
     os.makedirs(run_dir, exist_ok=True)
-    argv = train_command(comp.run_config(variant, seed), resume)
+    argv = train_command(comp.run_config(variant, seed), resume) + (["--processes", str(processes)] if processes > 1 else [])
     log_path = os.path.join(run_dir, LOG)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(['rl-vf', *argv])}\n")
     start = time.monotonic()
-    if processes > 1:
-        with open(log_path, "a") as log:
-            code = subprocess.run([*launch_command(processes), *argv], stdout=log, stderr=log).returncode
-        return code, time.monotonic() - start
     return run_forked(argv, log_path), time.monotonic() - start
 
 
