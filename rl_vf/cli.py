@@ -68,8 +68,8 @@ def pretrain_parser(sub) -> None:
         "pretrain", help="warm-start a policy by supervised learning on the env's demonstrations",
         description="Play --demos episodes with the env's demonstrator (its solver, heuristic or engine, mixed "
                     "with random legal moves), fit the policy to them (the NLL of the demonstrated actions; the "
-                    "value function is left as initialised), evaluate it, and save a checkpoint that `train --model DIR/checkpoints/final` "
-                    "starts from (`train --warm-start-demos N` does both in one run). Writes config.yaml, "
+                    "value function is left as initialised), evaluate it, and save a checkpoint that "
+                    "`train --model DIR/checkpoints/final` starts from (`train --warm-start-demos N` does both in one run). Writes config.yaml, "
                     "metrics.jsonl (per epoch), summary.json, checkpoints/final.",
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
