@@ -1,16 +1,14 @@
 import itertools
 import re
-import warnings
 
-import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs  # noqa: F401  (registers Arithmetic-v0)
 from envs.arithmetic import ArithmeticEnv, Problem, can_still_succeed, grade
+from tests.env_checks import check_env_without_warnings
 
 CONFIGS = [
     dict(op=op, mode=mode, digits=digits)
@@ -47,12 +45,7 @@ def expert_episode(env, seed):
     ],
 )
 def test_check_env(kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        env = gym.make("Arithmetic-v0", **kwargs)
-        check_env(env.unwrapped)
-        env.reset(seed=0)
-        env.step(env.action_space.sample())
+    check_env_without_warnings("Arithmetic-v0", **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -2,10 +2,8 @@ import importlib.util
 import re
 import warnings
 
-import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +11,7 @@ import envs  # noqa: F401  (registers the ids)
 from envs import code_function, sandbox
 from envs.code_function import DIFFICULTIES, FAMILIES, CodeFunctionEnv
 from envs.sandbox import SandboxResult, SandboxUnavailable
+from tests.env_checks import check_env_without_warnings
 
 SANDBOX_ERROR = sandbox.sandbox_error(sandbox.BWRAP)
 needs_bwrap = pytest.mark.skipif(
@@ -52,12 +51,7 @@ def new_env(seed=0, **kwargs) -> CodeFunctionEnv:
      pytest.param(dict(split="humaneval"), marks=needs_humaneval)],
 )
 def test_check_env(kwargs, no_sandbox):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        env = gym.make("CodeFunction-v0", **kwargs)
-        check_env(env.unwrapped)
-        env.reset(seed=0)
-        env.step(env.action_space.sample())
+    check_env_without_warnings("CodeFunction-v0", **kwargs)
 
 
 def test_deterministic_under_seed():

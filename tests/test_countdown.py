@@ -1,16 +1,14 @@
-import warnings
 from fractions import Fraction
 from functools import lru_cache
 
-import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs  # noqa: F401  (registers Countdown-v0)
 from envs.countdown import MAX_NESTING, CountdownEnv, check, evaluate, parse
+from tests.env_checks import check_env_without_warnings
 
 NUMBERS, TARGET = (25, 5, 4), 80
 
@@ -37,12 +35,7 @@ def reachable_values(numbers: tuple[Fraction, ...]) -> frozenset[Fraction]:
     "kwargs", [{}, dict(count=4), dict(count=2, max_number=9, max_target=9, format_reward=0.1)]
 )
 def test_check_env(kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        env = gym.make("Countdown-v0", **kwargs)
-        check_env(env.unwrapped)
-        env.reset(seed=0)
-        env.step(env.action_space.sample())
+    check_env_without_warnings("Countdown-v0", **kwargs)
 
 
 @pytest.mark.parametrize(

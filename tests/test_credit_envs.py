@@ -1,15 +1,14 @@
-import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs  # noqa: F401  (registers Decisions-v0 and DoomedStep-v0)
 from envs.decisions import DecisionsEnv
 from envs.doomed_step import DoomedStepEnv
+from tests.env_checks import check_env_without_warnings
 
 CASES = [
     ("Decisions-v0", {}),
@@ -50,12 +49,7 @@ def random_policy(rng):
 
 @pytest.mark.parametrize("env_id, kwargs", CASES)
 def test_check_env(env_id, kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        env = gym.make(env_id, **kwargs)
-        check_env(env.unwrapped)
-        env.reset(seed=0)
-        env.step(env.action_space.sample())
+    check_env_without_warnings(env_id, **kwargs)
 
 
 @pytest.mark.parametrize("env_id, kwargs", CASES)

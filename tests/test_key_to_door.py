@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import envs  # noqa: F401  (registers KeyToDoor-v0)
 from envs.key_to_door import KeyToDoorEnv
+from tests.env_checks import check_env_without_warnings
 
 
 def episode(env, key_action, rng, seed=None):
@@ -32,12 +33,7 @@ def episode(env, key_action, rng, seed=None):
     "kwargs", [{}, dict(delay=0), dict(delay=64), dict(delay=3, distractor_reward_std=1.0)]
 )
 def test_check_env(kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        env = gym.make("KeyToDoor-v0", **kwargs)
-        check_env(env.unwrapped)
-        env.reset(seed=0)
-        env.step(env.action_space.sample())
+    check_env_without_warnings("KeyToDoor-v0", **kwargs)
 
 
 @pytest.mark.parametrize("delay", [0, 1, 5, 64, 200])

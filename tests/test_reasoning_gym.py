@@ -1,16 +1,14 @@
 import builtins
 import json
-import warnings
 
-import gymnasium as gym
 import pytest
-from gymnasium.utils.env_checker import check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import envs  # noqa: F401  (registers ReasoningGym-v0)
 from envs.reasoning_gym_env import EVAL_SCORERS, EXCLUDED, ReasoningGymEnv
 from rl_vf.cli import main
+from tests.env_checks import check_env_without_warnings
 
 SMALL = ["--hidden-size", "32", "--layers", "1", "--heads", "2", "--intermediate-size", "64", "--threads", "1"]
 EASY = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}  # chain_sum: "4 - 1 ="
@@ -31,12 +29,7 @@ def right_answer(env) -> str:
     ids=str,
 )
 def test_check_env(kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        env = gym.make("ReasoningGym-v0", **kwargs)
-        check_env(env.unwrapped)
-        env.reset(seed=0)
-        env.step(env.action_space.sample())
+    check_env_without_warnings("ReasoningGym-v0", **kwargs)
 
 
 def test_deterministic_under_seed():
