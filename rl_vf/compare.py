@@ -46,13 +46,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from rl_vf import stats
 from rl_vf.advantages import BASELINES
 from rl_vf.algos import ALGOS
-from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, flag, make_config, unknown_key
+from rl_vf.config import FIELDS, WANDB_MODES, ConfigError, choice, coerce, flag, make_config, read_yaml, unknown_key
 from rl_vf.metrics_log import log_report
 from rl_vf.report import ci, num, plot_curves, plot_intervals, plot_profiles, write_outputs
 
@@ -692,13 +691,7 @@ def write_suite_report(out: str, tasks: dict[str, dict], metric: str) -> dict:
 
 
 def read_suite(path: str) -> dict:
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read suite file {path!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"suite file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    data = read_yaml(path, "suite file")
     if not isinstance(data, dict) or not isinstance(data.get("entries"), list) or not data["entries"]:
         raise ConfigError(f"suite file {path!r} must be a mapping with a non-empty list of 'entries'")
     for where, mapping, valid in [("the top level", data, SUITE_KEYS),

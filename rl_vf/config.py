@@ -340,14 +340,20 @@ def unknown_key(key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown config key {key!r} in {where}{hint}; valid keys: {', '.join(FIELDS)}")
 
 
-def load_yaml(path: str) -> dict:
+def read_yaml(path: str, what: str):
+    """The YAML document in ``path``; an unreadable file or invalid YAML is a ConfigError naming ``what``
+    (e.g. "study file") and the path."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path!r}: {e.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path!r}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{what} {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def load_yaml(path: str) -> dict:
+    data = read_yaml(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

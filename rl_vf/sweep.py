@@ -23,14 +23,13 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
 
 from rl_vf import stats
 from rl_vf.algos import ALGOS
 from rl_vf.compare import (ALPHA, CROSSING_AXES, METRICS, REPS, TRAIN_METRICS, X_AXES, Comparison, add_processes_flag,
                            load_runs, make_comparison, positive_jobs, positive_processes, run_all, safe_name,
                            sample_efficiency)
-from rl_vf.config import WANDB_MODES, ConfigError, make_config
+from rl_vf.config import WANDB_MODES, ConfigError, make_config, read_yaml
 from rl_vf.report import num, pyplot, write_outputs
 from rl_vf.theory import predicted_speedup
 
@@ -63,13 +62,7 @@ def arm_variants(arms: list[str], lams: list[float]) -> list[str]:
 
 def read_study(path: str, quick: bool) -> dict:
     """The study file, checked, with its ``quick`` blocks applied when ``quick``."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except OSError as e:
-        raise ConfigError(f"cannot read study file {path!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"study file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    data = read_yaml(path, "study file")
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise ConfigError(f"study file {path!r} must be a mapping with a non-empty list of 'tasks'")
     checks = [("the top level", data, STUDY_KEYS), ("the top-level quick block", data.get("quick", {}), QUICK_KEYS)]
