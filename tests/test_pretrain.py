@@ -1,5 +1,6 @@
 """Warm start from demonstrations: transcript layout, learning, and the checkpoint RL starts from."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -141,6 +142,36 @@ def test_train_reuses_a_cached_warm_start_only_when_every_setting_matches(tmp_pa
     assert "cached" not in summary and weights(fresh) == weights(first)  # same settings, same weights
     changed, summary = train("other-lr", "--warm-start-lr", "1e-2")
     assert summary["cached"] is False and weights(changed) != weights(first)
+
+
+def test_two_runs_that_need_the_same_warm_start_compute_it_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    computed = []
+
+    def slow_pretrain(cfg, run_dir, eval_episodes):  # stands in for the minutes a real one takes
+        computed.append(run_dir)
+        time.sleep(0.5)
+        os.makedirs(os.path.join(run_dir, "checkpoints", "final"))
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump({"demos": cfg.warm_start_demos}, f)
+        return {}
+
+    monkeypatch.setenv("RL_VF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrain_module, "pretrain", slow_pretrain)
+    cfg = make_config({"env": "tests.toy_env:PickThree-v0", "warm_start_demos": 4})
+    summaries = {}
+    runs = [threading.Thread(target=lambda name=name: summaries.setdefault(
+        name, pretrain_module.warm_start(cfg, str(tmp_path / name), 4))) for name in ("a", "b")]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert len(computed) == 1 and sorted(s["cached"] for s in summaries.values()) == [False, True]
+    assert all(os.path.isdir(tmp_path / name / "checkpoints" / "final") for name in ("a", "b"))
+    key = os.path.basename(summaries["a"]["cache"])
+    assert sorted(os.listdir(tmp_path / "cache" / "warm_starts")) == [key, key + ".lock"]  # no partial copies left
 
 
 @pytest.mark.parametrize("argv,needle", [
