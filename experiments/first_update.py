@@ -6,7 +6,8 @@ for each env id, one at a time, stops it once ``metrics.jsonl`` holds its first 
 the run until then, and the run's peak RSS (``ru_maxrss`` of the child, what ``/usr/bin/time -v``
 reports as "Maximum resident set size"). The runs share a warm-start cache of their own that starts
 empty, so the first run of an env with a warm start computes it, as on a fresh machine; ``--again``
-runs each env a second time, which reuses it (as a second seedless run, or another arm, would).
+runs each env a second time, which reuses it, as any later run with the same warm-start settings
+(another arm of a comparison, another try) would.
 
     python experiments/first_update.py --threads 1 --envs TicTacToe-v0 ChessEndgame-v0
 """
