@@ -90,23 +90,31 @@ def cache_root() -> str:
     return os.environ.get("RL_VF_CACHE") or default
 
 
-def source_files(env) -> list[str]:
-    """The Python files a warm start's result depends on: rl_vf's, and those beside the env's module."""
+def source_files(env) -> list[str] | None:
+    """The Python files a warm start's result depends on: rl_vf's, and those beside the env's module
+    (None: an env defined where no file holds it, e.g. in a notebook)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    env_dir = os.path.dirname(os.path.abspath(sys.modules[type(env.unwrapped).__module__].__file__))
+    env_file = getattr(sys.modules.get(type(env.unwrapped).__module__), "__file__", None)
+    if env_file is None:
+        return None
+    env_dir = os.path.dirname(os.path.abspath(env_file))
     files = [os.path.join(d, f) for d, _, names in os.walk(here) for f in names if f.endswith(".py")]
     files += [os.path.join(env_dir, f) for f in os.listdir(env_dir) if f.endswith(".py")]
     return sorted(set(files))
 
 
-def warm_start_key(cfg: TrainConfig, eval_episodes: int, env) -> str:
+def warm_start_key(cfg: TrainConfig, eval_episodes: int, env) -> str | None:
     """A hash of all a warm start depends on: the config keys it reads, the model folder's files (name,
-    size, modification time), rl_vf's and the env's source, and the torch and transformers versions."""
+    size, modification time), rl_vf's and the env's source, and the torch and transformers versions
+    (None: the env's source is not in a file, so a cached copy could be stale)."""
+    sources = source_files(env)
+    if sources is None:
+        return None
     digest = hashlib.sha256()
     settings = {name: getattr(cfg, name) for name in WARM_START_FIELDS}
     settings.update(eval_episodes=eval_episodes, torch=torch.__version__, transformers=transformers.__version__)
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for path in source_files(env):
+    for path in sources:
         with open(path, "rb") as f:
             digest.update(path.encode() + f.read())
     if os.path.isdir(cfg.model):
@@ -119,15 +127,17 @@ def warm_start_key(cfg: TrainConfig, eval_episodes: int, env) -> str:
 
 
 def warm_start(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:
-    """``pretrain`` into ``run_dir``, or, with ``cfg.warm_start_cache``, a copy of the same warm start
-    from the cache (computed there first when it is not yet). A run that asks for a warm start another
-    one is computing waits for it (a file lock) instead of computing it twice. The summary says
-    ``cached`` and where from."""
-    if not cfg.warm_start_cache:
+    """``pretrain`` into ``run_dir``, or, with ``cfg.warm_start_cache`` (and an env whose source is in a
+    file), a copy of the same warm start from the cache (computed there first when it is not yet). A
+    run that asks for a warm start another one is computing waits for it (a file lock) instead of
+    computing it twice. The summary says ``cached`` and where from."""
+    key = None
+    if cfg.warm_start_cache:
+        env = open_env(cfg.env, cfg.env_kwargs).make()
+        key = warm_start_key(cfg, eval_episodes, env)
+        env.close()
+    if key is None:
         return pretrain(cfg, run_dir, eval_episodes)
-    env = open_env(cfg.env, cfg.env_kwargs).make()
-    key = warm_start_key(cfg, eval_episodes, env)
-    env.close()
     folder = os.path.join(cache_root(), "warm_starts")
     cached = os.path.join(folder, key)
     os.makedirs(folder, exist_ok=True)

@@ -174,6 +174,17 @@ def test_two_runs_that_need_the_same_warm_start_compute_it_once(tmp_path, monkey
     assert sorted(os.listdir(tmp_path / "cache" / "warm_starts")) == [key, key + ".lock"]  # no partial copies left
 
 
+def test_an_env_whose_source_is_in_no_file_is_never_cached(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "notebook_cell", types.ModuleType("notebook_cell"))  # no __file__
+    env = type("NotebookEnv", (), {"__module__": "notebook_cell"})()
+    env.unwrapped = env
+    cfg = make_config({"env": "tests.toy_env:PickThree-v0", "warm_start_demos": 4})
+    assert pretrain_module.source_files(env) is None and pretrain_module.warm_start_key(cfg, 4, env) is None
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--demos", "0"], "(--demos, warm_start_demos) must be >= 1, got 0"),
     (["--expert-prob", "1.5"], "warm_start_expert_prob must be in [0, 1], got 1.5"),
