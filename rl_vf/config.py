@@ -287,7 +287,7 @@ ENV_DEFAULTS: dict[str, dict] = {
 DEFAULT_RUN_TIME: dict[str, str] = {
     "TicTacToe-v0": "14 min",
     "ConnectFour-v0": "21 min",
-    "ChessEndgame-v0": "not measured; ~45 min estimated from its first update",
+    "ChessEndgame-v0": "58 min",
     "Chess-v0": "not measured; ~70 min estimated from its first update",
     "CodeFunction-v0": "21 min",
     "Arithmetic-v0": "4 min",
