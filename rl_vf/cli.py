@@ -10,7 +10,8 @@ import time
 from typing import NamedTuple
 
 from rl_vf import compare, sweep
-from rl_vf.config import DEFAULT_RUN_TIME, ENV_DEFAULTS, FIELDS, WARM_START_FIELDS, ConfigError, TrainConfig, coerce, flag, load_yaml, make_config
+from rl_vf.config import (DEFAULT_RUN_TIME, ENV_DEFAULTS, FIELDS, WARM_START_FIELDS, ConfigError, TrainConfig, coerce,
+                          flag, load_yaml, make_config)
 
 DEFAULTS = TrainConfig()
 # Flags the issue names first in --help; every other config field follows.
@@ -69,8 +70,8 @@ def pretrain_parser(sub) -> None:
         description="Play --demos episodes with the env's demonstrator (its solver, heuristic or engine, mixed "
                     "with random legal moves), fit the policy to them (the NLL of the demonstrated actions; the "
                     "value function is left as initialised), evaluate it, and save a checkpoint that "
-                    "`train --model DIR/checkpoints/final` starts from (`train --warm-start-demos N` does both in one run). Writes config.yaml, "
-                    "metrics.jsonl (per epoch), summary.json, checkpoints/final.",
+                    "`train --model DIR/checkpoints/final` starts from (`train --warm-start-demos N` does both in one "
+                    "run). Writes config.yaml, metrics.jsonl (per epoch), summary.json, checkpoints/final.",
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
     p.add_argument("--demos", dest="warm_start_demos", default=argparse.SUPPRESS, metavar="INT",
@@ -413,9 +414,9 @@ def print_warm_start(summary: dict) -> None:
 
     print(f"demonstrator: {outcome('demo')} over {summary['demos']} demos; warm start "
           f"({'greedy' if summary['eval/greedy'] else 'sampled'}) over {summary['eval/episodes']} episodes: "
-          f"{outcome('eval')}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f}"
-          f" ({summary['perf/wall_s']:.0f} s" + (f"; reused from {summary['cache']}" if summary.get("cached") else "")
-          + ")", file=sys.stderr)
+          f"{outcome('eval')}, invalid_action_rate={summary['eval/invalid_action_rate']:.3f} "
+          f"({summary['perf/wall_s']:.0f} s{'; reused from ' + summary['cache'] if summary.get('cached') else ''})",
+          file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -247,7 +247,9 @@ def launch(comp: Comparison, variant: Variant, seed: int, processes: int = 1) ->
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run that died before its first checkpoint starts over
     os.makedirs(run_dir, exist_ok=True)
-    argv = train_command(comp.run_config(variant, seed), resume) + (["--processes", str(processes)] if processes > 1 else [])
+    argv = train_command(comp.run_config(variant, seed), resume)
+    if processes > 1:
+        argv += ["--processes", str(processes)]
     log_path = os.path.join(run_dir, LOG)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(['rl-vf', *argv])}\n")

@@ -130,7 +130,8 @@ def test_train_reuses_a_cached_warm_start_only_when_every_setting_matches(tmp_pa
         assert main(["train", "--env", "tests.toy_env:PickThree-v0", "--warm-start-demos", "32",
                      "--warm-start-epochs", "1", "--minibatch-size", "16", "--total-episodes", "16",
                      "--episodes-per-update", "16", "--final-eval-episodes", "4", "--eval-episodes", "4",
-                     "--eval-every", "0", "--wandb", "disabled", "--seed", "11", "--out", str(run), *SMALL, *extra]) == 0
+                     "--eval-every", "0", "--wandb", "disabled", "--seed", "11", "--out", str(run), *SMALL,
+                     *extra]) == 0
         return run, json.loads((run / "warm_start" / "summary.json").read_text())
 
     first, summary = train("ppo")
