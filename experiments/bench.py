@@ -74,13 +74,13 @@ import torch
 import envs  # noqa: F401  (registers the ids)
 from rl_vf import branches
 from rl_vf.advantages import turn_starts
-from rl_vf.config import TrainConfig
+from rl_vf.config import ENV_DEFAULTS, TrainConfig, make_config
 from rl_vf.distributed import launch_command
 from rl_vf.engine import RolloutBatch, RolloutEngine, Start, _RowCache, stop_token_mask
 from rl_vf.policy import TinyConfig, load_policy
-from rl_vf.pretrain import pretrain
+from rl_vf.pretrain import demo_episodes, pretrain
 from rl_vf.tokenizer import DEFAULT_CHARS, SPECIAL_TOKENS
-from rl_vf.actor import open_env, resolve_device
+from rl_vf.actor import open_env, policy_for_env, resolve_device
 from rl_vf.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,6 +125,8 @@ class Scale:
     train_episodes: int = 2048  # the RSS run: two updates of the default 1024 episodes
     train_args: tuple = ()  # further `rl_vf train` flags for that run
     chess_episodes: int = 64  # the chess RSS run: one update of this many KQK games
+    scoring_demos: int = 64  # the ConnectFour warm-start step timed with the action tokens' scoring and without
+    scoring_repeats: int = 3  # timings of each, alternating; the best counts
     launch_runs: int = 4  # short runs per way of starting them
     launch_warmup: int = 1  # runs first, not counted (the first forked run also starts the server)
     parallel_episodes: int = 2048  # the data-parallel run: this many TicTacToe episodes ...
@@ -140,7 +142,7 @@ QUICK = Scale(matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, mult
               train_episodes=64, branch_episodes=(("tiny", 2), ("10m", 1)), branch_rollouts=2,
               train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
                           "--eval-every", "0"), chess_episodes=2, launch_runs=1, launch_warmup=0,
-              parallel_episodes=64, parallel_batch=32)
+              parallel_episodes=64, parallel_batch=32, scoring_demos=4, scoring_repeats=1)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -583,6 +585,32 @@ def update_tok_s(size: str, episodes: int, device: torch.device, threads: int, r
     return rates
 
 
+def scoring_step_s(demos: int, repeats: int, device: torch.device, threads: int) -> dict:
+    """Seconds of one ConnectFour-v0 warm-start step at its defaults (forward and backward of the NLL of
+    ``demos`` demonstrations' action tokens, 3% of their tokens): ``Policy.score`` on the action tokens
+    alone (the last layer and the head at the positions that read them) and on every token. Each is
+    timed ``repeats`` times, alternating; the best counts."""
+    cfg = make_config(ENV_DEFAULTS["ConnectFour-v0"], {"env": "ConnectFour-v0", "warm_start_demos": demos,
+                                                      "threads": threads, "device": device.type})
+    env_info = open_env(cfg.env, cfg.env_kwargs)
+    policy, tokenizer = policy_for_env(cfg.model, cfg, env_info)
+    policy = policy.to(device)
+    batch = RolloutBatch.from_episodes(demo_episodes(env_info.make, cfg, tokenizer, env_info.action_tokens, None),
+                                       tokenizer.pad_token_id).to(device)
+    mask = batch.action_mask
+
+    def step(scored):
+        policy.zero_grad(set_to_none=True)
+        out = policy.score(batch.tokens, batch.attention_mask, scored=scored)
+        (-(out["logprobs"] * mask).sum() / mask.sum()).backward()
+
+    seconds = {"actions": [], "all": []}
+    for _ in range(repeats):
+        seconds["actions"].append(timed(lambda: step(mask), device)[1])
+        seconds["all"].append(timed(lambda: step(None), device)[1])
+    return {k: min(v) for k, v in seconds.items()}
+
+
 def child_peak_rss_mb(cmd: list[str]) -> float:
     """Peak RSS of one child process running ``cmd`` (wait4: its own usage, not the largest child's)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -607,6 +635,12 @@ def bench_update(scale: Scale, device: torch.device, threads: int) -> dict:
             for algo, tok_s in update_tok_s(size, episodes, device, threads, tmp).items():
                 figures[f"update_tok_s_{algo}_{size}"] = tok_s
                 rows.append([f"update tokens/s, {algo} ({size}, {episodes} episodes, default epochs/minibatch)", tok_s])
+        log(f"update: a ConnectFour-v0 warm-start step of {scale.scoring_demos} demos, scoring the action tokens or all ...")
+        step = scoring_step_s(scale.scoring_demos, scale.scoring_repeats, device, threads)
+        figures.update({f"warm_start_step_s_{k}": v for k, v in step.items()})
+        rows.append([f"ConnectFour-v0 warm-start step, {scale.scoring_demos} demos: s scoring the action tokens / "
+                     f"every token / ratio", f"{fmt(step['actions'])} / {fmt(step['all'])} / "
+                     f"{step['all'] / step['actions']:.2f}x"])
         log(f"update: peak RSS of `rl_vf train --total-episodes {scale.train_episodes}` ...")
         figures["train_peak_rss_mb"] = child_peak_rss_mb(train_cmd(
             os.path.join(tmp, "run"), device, threads, "--total-episodes", str(scale.train_episodes), *scale.train_args))

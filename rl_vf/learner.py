@@ -192,7 +192,7 @@ class Learner:
         reference): arms differ only in their advantages and their own terms (``algo.loss_terms``).
         """
         cfg, m = self.cfg, batch.action_mask[sl]
-        new = self.scorer(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl))
+        new = self.scorer(batch.tokens[sl], batch.attention_mask[sl], with_entropy=True, legal=batch.legal(sl), scored=m)
         old_logprobs = old["logprobs"][sl] if "logprobs" in old else new["logprobs"].detach()
         pg, pg_stats = policy_loss(new["logprobs"], old_logprobs, advantages[sl], m, cfg.clip)
         entropy = masked_mean(new["entropy"], m)
@@ -267,14 +267,16 @@ def minibatch_parts(lengths: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor
 
 @torch.no_grad()
 def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int, tokens: int) -> dict:
-    """``policy.score`` over the whole batch, run on length groups of at most ``chunk`` episodes and
-    ``tokens`` padded tokens."""
+    """``policy.score`` of the batch's action tokens (the other entries are 0), run on length groups of
+    at most ``chunk`` episodes and ``tokens`` padded tokens."""
     out: dict[str, torch.Tensor] = {}
     for group in length_buckets(lengths, torch.arange(len(batch), device=lengths.device)):
         for part in (p for g in group.split(chunk) for p in within_budget(lengths, g, tokens)):
             width = int(lengths[part].max())
             sl = (part, slice(0, width))
-            for key, value in policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl)).items():
+            scores = policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl),
+                                  scored=batch.action_mask[sl])
+            for key, value in scores.items():
                 out.setdefault(key, torch.zeros(batch.tokens.shape, dtype=value.dtype, device=value.device))
                 out[key][sl] = value
     return out

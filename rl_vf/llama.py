@@ -33,14 +33,21 @@ def supports(trunk: nn.Module) -> bool:
 
 
 def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-            position_ids: torch.Tensor | None = None, past_key_values=None) -> torch.Tensor:
-    """The last hidden states (B, T, H) of ``trunk`` (a LlamaModel) for ``input_ids`` (B, T).
+            position_ids: torch.Tensor | None = None, past_key_values=None,
+            queries: torch.Tensor | None = None) -> torch.Tensor:
+    """The last hidden states (B, T, H) of ``trunk`` (a LlamaModel) for ``input_ids`` (B, T); with
+    ``queries`` (B, Q) column indices, only those columns' (B, Q, H), which the last layer then
+    computes alone (its keys and values still come from every column): scoring reads a few action
+    tokens of a long transcript, and the last layer's rest, the final norm and the LM head would be
+    spent on the observation tokens.
 
     ``attention_mask``: None (causal), a 2-D (B, K) mask of the columns each row attends to (its
     last T columns are the new tokens; K = cached columns + T), or a 4-D (B, 1, T, K) mask as built
     by the caller (bool, or additive). ``past_key_values``: a Hugging Face cache, extended in place.
     Each query always attends to itself, so a padding query never sees an empty row (NaN).
     """
+    if queries is not None and past_key_values is not None:
+        raise ValueError("queries (a subset of the last layer's outputs) needs a forward without a KV cache")
     config = trunk.config
     hidden = trunk.embed_tokens(input_ids)
     batch, new = input_ids.shape
@@ -60,35 +67,59 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     # Hugging Face's flag (``gradient_checkpointing_enable``): keep only each layer's input for the
     # backward and recompute the rest there.
     recompute = getattr(trunk, "gradient_checkpointing", False) and past_key_values is None and torch.is_grad_enabled()
-    for i, layer in enumerate(trunk.layers[: config.num_hidden_layers]):
+    layers = trunk.layers[: config.num_hidden_layers]
+    for i, layer in enumerate(layers):
+        only = queries if i == len(layers) - 1 else None
         if recompute:
-            hidden = checkpoint(decoder_layer, layer, hidden, cos, sin, mask, use_reentrant=False)
+            hidden = checkpoint(decoder_layer, layer, hidden, cos, sin, mask, None, i, only, use_reentrant=False)
         else:
-            hidden = decoder_layer(layer, hidden, cos, sin, mask, past_key_values, i)
+            hidden = decoder_layer(layer, hidden, cos, sin, mask, past_key_values, i, only)
     return rms_norm(trunk.norm, hidden)
 
 
 def decoder_layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  mask: torch.Tensor | None, past_key_values=None, index: int = 0) -> torch.Tensor:
+                  mask: torch.Tensor | None, past_key_values=None, index: int = 0,
+                  queries: torch.Tensor | None = None) -> torch.Tensor:
     """One LlamaDecoderLayer on ``hidden`` (B, T, H); the new keys and values extend ``past_key_values``
-    (as its layer ``index``) where given."""
+    (as its layer ``index``) where given. With ``queries`` (B, Q) column indices: the outputs (B, Q, H)
+    of those columns alone."""
     config, attn, mlp = layer.self_attn.config, layer.self_attn, layer.mlp
     batch, new = hidden.shape[:2]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     x = rms_norm(layer.input_layernorm, hidden)
-    q = F.linear(x, attn.q_proj.weight).view(batch, new, heads, head_dim).transpose(1, 2)
     k = F.linear(x, attn.k_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
     v = F.linear(x, attn.v_proj.weight).view(batch, new, kv_heads, head_dim).transpose(1, 2)
-    q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    k = k * cos + rotate_half(k) * sin
+    if queries is not None:
+        hidden, x = rows(hidden, queries), rows(x, queries)
+        cos, sin = rows(cos.expand(batch, -1, -1, -1), queries, 2), rows(sin.expand(batch, -1, -1, -1), queries, 2)
+        mask = query_mask(mask, queries, new)
+    q = F.linear(x, attn.q_proj.weight).view(batch, x.shape[1], heads, head_dim).transpose(1, 2)
+    q = q * cos + rotate_half(q) * sin
     if past_key_values is not None:
         k, v = past_key_values.update(k, v, index)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and new > 1,
                                          scale=attn.scaling, enable_gqa=kv_heads != heads)
-    hidden = hidden + F.linear(out.transpose(1, 2).reshape(batch, new, heads * head_dim), attn.o_proj.weight)
+    hidden = hidden + F.linear(out.transpose(1, 2).reshape(batch, x.shape[1], heads * head_dim), attn.o_proj.weight)
     x = rms_norm(layer.post_attention_layernorm, hidden)
     return hidden + F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight),
                              mlp.down_proj.weight)
+
+
+def rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``x``'s entries at ``index`` (B, Q) along ``dim``, row by row: (B, Q, ...) from (B, T, ...)."""
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = index.shape
+    return x.gather(dim, index.view(shape).expand(*x.shape[:dim], index.shape[1], *x.shape[dim + 1:]))
+
+
+def query_mask(mask: torch.Tensor | None, queries: torch.Tensor, columns: int) -> torch.Tensor:
+    """The (B, 1, Q, K) attention mask of the query columns ``queries`` (B, Q): the rows of a 4-D mask,
+    or, for causal attention (None), the columns at or before each query."""
+    if mask is None:
+        return (torch.arange(columns, device=queries.device) <= queries[..., None])[:, None]
+    return rows(mask.expand(len(queries), -1, -1, -1), queries, 2)
 
 
 def right_padded(mask: torch.Tensor) -> bool:

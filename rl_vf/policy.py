@@ -93,10 +93,11 @@ class Critic(nn.Module):
         self.trunk.save_pretrained(path)
         save_value_head(self.value_head, path)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None) -> torch.Tensor:
-        """Values (B, T): position t's scores the state after token t. ``past_key_values`` (a cache, or
-        None) is extended in place."""
-        hidden = trunk_hidden(self.trunk, input_ids, attention_mask, position_ids, past_key_values)
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                queries: torch.Tensor | None = None) -> torch.Tensor:
+        """Values (B, T): position t's scores the state after token t (with ``queries`` (B, Q), those
+        columns' alone). ``past_key_values`` (a cache, or None) is extended in place."""
+        hidden = trunk_hidden(self.trunk, input_ids, attention_mask, position_ids, past_key_values, queries)
         return head_values(self.value_head, hidden)
 
 
@@ -235,11 +236,12 @@ class Policy(nn.Module):
         return PolicyCache(with_critic=self.critic is not None and values, headroom=headroom)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values: PolicyCache | None = None,
-                use_cache=False):
+                use_cache=False, queries: torch.Tensor | None = None):
         """Returns ``(logits (B, T, V), values (B, T), past_key_values)``.
 
         Position t's logits and value are those of the state after token t, i.e. they predict
         and score token t + 1. ``past_key_values`` (from ``new_cache``) is extended in place.
+        ``queries`` (B, Q) column indices: logits (B, Q, V) and values (B, Q) of those columns alone.
         """
         if use_cache and past_key_values is None:
             past_key_values = self.new_cache()
@@ -247,44 +249,57 @@ class Policy(nn.Module):
         critic_cache = past_key_values.critic if past_key_values is not None else None
         attention_mask = self.attention_mask(attention_mask, input_ids)
         with self.autocast(input_ids.device):
-            hidden = trunk_hidden(self.lm.base_model, input_ids, attention_mask, position_ids, lm_cache)
+            hidden = trunk_hidden(self.lm.base_model, input_ids, attention_mask, position_ids, lm_cache, queries)
             logits = self.lm.get_output_embeddings()(hidden).float()
             if self.critic is None:
                 values = head_values(self.value_head, hidden)
             elif past_key_values is not None and not past_key_values.with_critic:
                 values = torch.zeros(hidden.shape[:2], device=hidden.device)
             else:
-                values = self.critic(input_ids, attention_mask, position_ids, critic_cache)
+                values = self.critic(input_ids, attention_mask, position_ids, critic_cache, queries)
         if self.allowed_tokens is not None:
             logits = logits.masked_fill(~self.allowed_tokens, float("-inf"))
         return logits, values, past_key_values
 
     def score(self, tokens: torch.Tensor, attention_mask: torch.Tensor, with_entropy: bool = False,
-              legal: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+              legal: tuple[torch.Tensor, torch.Tensor] | None = None, scored: torch.Tensor | None = None) -> dict:
         """Full-transcript recompute, aligned with ``tokens``: entry t scores token t.
 
         ``logprobs[:, t]`` and ``values[:, t]`` are read at position t - 1 (the position that
         predicts token t), column 0 is 0. ``next_value[:, t]`` is the value after token t
         (used to bootstrap truncated episodes from their last token). ``legal`` (``RolloutBatch.legal``)
         restricts each token's distribution to the set it was sampled from under legal-action decoding.
+        ``scored`` (B, T), e.g. the action mask: score those tokens alone (the other entries are 0;
+        ``next_value`` holds the values before them and after each row's last token), computing the
+        last layer and the head only at the positions that read them (``llama.forward``'s ``queries``).
         """
-        logits, values, _ = self(tokens, attention_mask=attention_mask)
+        batch, width = tokens.shape
+        if scored is None:
+            queries = None
+            columns = torch.arange(width, device=tokens.device).expand(batch, -1)
+            predicts = columns < width - 1
+        else:
+            queries, valid = scoring_positions(scored, attention_mask)
+            columns = queries
+            predicts = valid & scored.gather(1, (queries + 1).clamp(max=width - 1)).bool() & (queries < width - 1)
+        logits, values, _ = self(tokens, attention_mask=attention_mask, queries=queries)
+        following = (columns + 1).clamp(max=width - 1)  # position t predicts token t + 1
         if legal is not None:
-            index, ids = legal
-            # Position t predicts token t + 1, so it takes token t + 1's allowed set.
-            following = torch.cat([index[:, 1:], torch.zeros_like(index[:, :1])], 1)
-            logits = logits.masked_fill(~allowed_mask(following, ids, logits.shape[-1]), float("-inf"))
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        zero = torch.zeros_like(values[:, :1])
-        token_logp = logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+            index, ids = legal  # each position takes its next token's allowed set
+            allowed = torch.where(predicts, index.gather(1, following), 0)
+            logits = logits.masked_fill(~allowed_mask(allowed, ids, logits.shape[-1]), float("-inf"))
+        logp = torch.log_softmax(logits, dim=-1)
+        token_logp = logp.gather(-1, tokens.gather(1, following)[..., None]).squeeze(-1)
         # Observation tokens outside the allowed action tokens score -inf; they carry no
         # gradient, but -inf would turn into NaN in masked sums, so zero them here.
         token_logp = torch.where(torch.isfinite(token_logp), token_logp, 0.0)
-        out = {"logprobs": torch.cat([zero, token_logp], 1), **aligned_values(values)}
+        at = torch.where(predicts, columns + 1, width)  # column ``width``: dropped
+        out = {"logprobs": place(token_logp, at, width), "values": place(values, at, width),
+               "next_value": values if scored is None else place(values, torch.where(valid, columns, width), width)}
         if with_entropy:
             # Tokens masked to -inf have p = 0; where() keeps 0 * -inf (and its gradient) out.
             p = logp.exp()
-            out["entropy"] = torch.cat([zero, -(p * torch.where(p > 0, logp, 0.0)).sum(-1)], 1)
+            out["entropy"] = place(-(p * torch.where(p > 0, logp, 0.0)).sum(-1), at, width)
         return out
 
     @property
@@ -372,14 +387,17 @@ def additive(allowed: torch.Tensor) -> torch.Tensor:
     return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
 
 
-def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=None, past_key_values=None):
+def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
+                 queries: torch.Tensor | None = None):
     """The last hidden states of a transformer trunk (an LM's ``base_model``, a critic's trunk):
     ``rl_vf.llama``'s lean forward where it computes the same function, else the model's own.
-    ``past_key_values`` (a cache, or None for no cache) is extended in place."""
+    ``past_key_values`` (a cache, or None for no cache) is extended in place. ``queries`` (B, Q):
+    only those columns' states (the lean forward's last layer computes no others)."""
     if llama.supports(trunk):
-        return llama.forward(trunk, input_ids, attention_mask, position_ids, past_key_values)
-    return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                 use_cache=past_key_values is not None, **{cache_kwarg(trunk): past_key_values}).last_hidden_state
+        return llama.forward(trunk, input_ids, attention_mask, position_ids, past_key_values, queries)
+    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=past_key_values is not None, **{cache_kwarg(trunk): past_key_values}).last_hidden_state
+    return hidden if queries is None else llama.rows(hidden, queries)
 
 
 def enable_checkpointing(model: nn.Module) -> None:
@@ -404,10 +422,24 @@ def _cache_kwarg(model_class: type) -> str:  # read once per class: trunk_hidden
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
-def aligned_values(values: torch.Tensor) -> dict:
-    """Per-position values (B, T) aligned with the tokens: ``values[:, t]`` read at t - 1 (column 0 is
-    0) scores token t; ``next_value[:, t]`` is the value after token t."""
-    return {"values": torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], 1), "next_value": values}
+def scoring_positions(scored: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The columns ``Policy.score`` computes for the tokens ``scored`` (B, T): the position before each
+    scored token, and each row's last token (its value bootstraps a truncated episode). Returns
+    ``(queries (B, Q), valid (B, Q))``: Q is the most any row needs, and a row that needs fewer has
+    its other entries pointing at columns whose results nobody reads (``valid`` False)."""
+    wanted = torch.zeros_like(scored, dtype=torch.bool)
+    wanted[:, :-1] = scored[:, 1:].bool()
+    columns = torch.arange(scored.shape[1], device=scored.device)
+    last = (attention_mask.bool() * columns).argmax(1)
+    wanted[torch.arange(len(wanted), device=wanted.device), last] = True
+    count = int(wanted.sum(1).max())
+    queries = torch.sort(wanted.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :count]
+    return queries, wanted.gather(1, queries)
+
+
+def place(x: torch.Tensor, columns: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) zeros with ``x`` (B, Q) at ``columns`` (B, Q); entries whose column is ``width`` are dropped."""
+    return torch.zeros(len(x), width + 1, dtype=x.dtype, device=x.device).scatter(1, columns, x)[:, :width]
 
 
 def build_tiny(tokenizer, size: TinyConfig = TinyConfig(), seed: int = 0) -> LlamaForCausalLM:

@@ -18,10 +18,12 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -70,6 +72,39 @@ def demo_episode(env, seed: int, rng: np.random.Generator, expert_prob: float, t
         if terminated or truncated:
             return ep
         ep.extend(encode(obs), is_action=False)
+
+
+def demo_episodes(make_env, cfg: TrainConfig, tokenizer, max_action_tokens: int,
+                  legal: LegalActions | None) -> list[Episode]:
+    """``cfg.warm_start_demos`` demonstrations played on ``cfg.env_threads`` threads, each on an env of
+    its own. Demo ``i`` depends on ``(cfg.seed, i)`` alone (its env's reset seed and its own random
+    stream), so the demos are the same whatever the thread count and order; threads pay off where a
+    step waits on a subprocess (CodeFunction's sandbox: 2000 programs, 2 minutes one at a time)."""
+    idle = queue.SimpleQueue()  # envs not in use; a thread takes one per episode
+
+    def play(i: int) -> Episode:
+        try:
+            env = idle.get_nowait()
+        except queue.Empty:
+            env = make_env()
+        try:
+            return demo_episode(env, cfg.seed * 1_000_003 + i, np.random.default_rng([cfg.seed, i]),
+                                cfg.warm_start_expert_prob, tokenizer, max_action_tokens, legal)
+        finally:
+            idle.put(env)
+
+    bar = tqdm(total=cfg.warm_start_demos, desc=f"demos {cfg.env}", unit="ep", mininterval=1.0)
+    try:
+        with ThreadPoolExecutor(cfg.env_threads) as pool:
+            episodes = []
+            for episode in pool.map(play, range(cfg.warm_start_demos)):
+                episodes.append(episode)
+                bar.update()
+    finally:
+        bar.close()
+        while not idle.empty():
+            idle.get_nowait().close()
+    return episodes
 
 
 def check_demonstrator(env, env_id: str) -> None:
@@ -180,16 +215,14 @@ def pretrain(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:
     max_action_tokens = cfg.max_action_tokens or env_info.action_tokens
     env = env_info.make()
     check_demonstrator(env, cfg.env)
+    env.close()
     os.makedirs(run_dir, exist_ok=True)
     write_config(cfg, run_dir)
 
-    rng = np.random.default_rng(cfg.seed)
     legal = None
     if cfg.constrain_actions == "legal":
         legal = LegalActions(lambda text: tokenizer.encode(text, add_special_tokens=False), stop_token_mask(tokenizer))
-    episodes = [demo_episode(env, cfg.seed * 1_000_003 + i, rng, expert_prob, tokenizer, max_action_tokens, legal)
-                for i in tqdm(range(demos), desc=f"demos {cfg.env}", unit="ep", mininterval=1.0)]
-    env.close()
+    episodes = demo_episodes(env_info.make, cfg, tokenizer, max_action_tokens, legal)
     batch = RolloutBatch.from_episodes(episodes, tokenizer.pad_token_id).to(device)
     lengths = batch.attention_mask.sum(1)
 
@@ -204,8 +237,8 @@ def pretrain(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:
         for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
             optimizer.zero_grad(set_to_none=True)
             for sl, weight in minibatch_parts(lengths, batch.action_mask, idx.to(device), cfg.update_tokens):
-                out = policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl))
                 mask = batch.action_mask[sl]
+                out = policy.score(batch.tokens[sl], batch.attention_mask[sl], legal=batch.legal(sl), scored=mask)
                 nll = -masked_mean(out["logprobs"], mask)
                 (nll * weight).backward()
                 totals["pretrain/nll"] += float(nll.detach() * weight) / steps_per_epoch

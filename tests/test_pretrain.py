@@ -15,7 +15,7 @@ from rl_vf.policy import load_policy
 from rl_vf.engine import stop_token_mask
 from rl_vf import pretrain as pretrain_module
 from rl_vf.config import FIELDS, WARM_START_FIELDS, TrainConfig, make_config
-from rl_vf.pretrain import demo_episode, stop_token
+from rl_vf.pretrain import demo_episode, demo_episodes, stop_token
 from rl_vf.tokenizer import char_tokenizer
 from rl_vf.actor import open_env, transcript
 
@@ -51,6 +51,22 @@ def test_short_actions_end_with_the_stop_token():
     assert stop_token(tokenizer) == tokenizer.eos_token_id  # "pick:" shows no newline, so none in the vocabulary
     ttt = char_tokenizer(open_env("TicTacToe-v0", {}).alphabet)
     assert ttt.decode([stop_token(ttt)]) == "\n"
+
+
+def test_demos_are_the_same_on_any_number_of_threads():
+    """Demo i depends on (seed, i) alone, so threads change the speed, not the demonstrations; and
+    the seed and the expert share do change them."""
+    env_info = open_env("TicTacToe-v0", {})
+    tokenizer = char_tokenizer(env_info.alphabet)
+
+    def demos(threads, seed=0, expert_prob=0.5):
+        cfg = TrainConfig(env="TicTacToe-v0", seed=seed, warm_start_demos=24, env_threads=threads,
+                          warm_start_expert_prob=expert_prob)
+        return [(ep.tokens, ep.action_mask, ep.rewards) for ep in demo_episodes(env_info.make, cfg, tokenizer, 1, None)]
+
+    one = demos(1)
+    assert demos(4) == one and len(one) == 24
+    assert demos(4, seed=1) != one and demos(1, expert_prob=1.0) != one
 
 
 def test_pretrain_teaches_the_expert_and_train_starts_from_it(tmp_path, capsys):

@@ -37,11 +37,46 @@ def test_score_batch_matches_one_full_forward(tmp_path):
     t, batch, lengths = collected(tmp_path, "ppo")
     with torch.no_grad():
         full = t.policy.score(batch.tokens, batch.attention_mask)
-    real = batch.attention_mask.bool()
+    actions, rows = batch.action_mask.bool(), torch.arange(len(batch))
     for tokens in (1 << 20, int(lengths.min())):  # groups of 8, or one episode at a time
         grouped = score_batch(t.policy, batch, lengths, chunk=8, tokens=tokens)
-        for key in ("logprobs", "values", "next_value"):
-            assert torch.allclose(grouped[key][real], full[key][real], atol=1e-5), key
+        for key in ("logprobs", "values"):  # the action tokens' alone; the rest is 0
+            assert torch.allclose(grouped[key][actions], full[key][actions], atol=1e-5), key
+            assert not grouped[key][~actions].any()
+        last = lengths - 1  # the value after each row's last token (the bootstrap of a truncated episode)
+        assert torch.allclose(grouped["next_value"][rows, last], full["next_value"][rows, last], atol=1e-5)
+
+
+@pytest.mark.parametrize("env_kwargs, cfg_kwargs", [
+    ({}, {"critic": "separate"}),  # a fused causal forward, a critic of its own
+    ({}, {"attention_window": 5, "constrain_actions": "legal"}),  # a 4-D mask, legal-action sets
+])
+def test_scoring_the_action_tokens_alone_equals_the_full_forward(tmp_path, env_kwargs, cfg_kwargs):
+    """``score(scored=mask)`` runs the last layer and the head only where the action tokens are read:
+    the same logprobs, values, entropies and bootstrap values as the full forward there, and the same
+    gradients of a loss on them."""
+    cfg = make_config(dict(env="TicTacToe-v0", algo="ppo", episodes_per_update=24, num_envs=24, seed=3,
+                           env_kwargs=env_kwargs, **{**SMALL, "layers": 2}, **cfg_kwargs))
+    t = Trainer(cfg, str(tmp_path))
+    _, batch = t.collect_batch()
+    with torch.no_grad():  # a value head away from its zero init, so values differ by position
+        t.policy.value_head.weight.normal_()
+    mask, rows, last = batch.action_mask, torch.arange(len(batch)), batch.attention_mask.sum(1) - 1
+    results = []
+    for scored in (None, mask):
+        t.policy.zero_grad(set_to_none=True)
+        out = t.policy.score(batch.tokens, batch.attention_mask, with_entropy=True, legal=batch.legal(slice(None)), scored=scored)
+        loss = ((out["logprobs"] + out["entropy"] + out["values"]) * mask).sum() + out["next_value"][rows, last].sum()
+        loss.backward()
+        picked = {k: out[k][mask.bool()] for k in ("logprobs", "values", "entropy")}
+        picked["next_value"] = out["next_value"][rows, last]
+        results.append((picked, {n: p.grad.clone() for n, p in t.policy.named_parameters() if p.grad is not None}))
+    (full, full_grads), (only, only_grads) = results
+    for key in full:
+        torch.testing.assert_close(only[key], full[key], atol=1e-5, rtol=1e-5, msg=key)
+    assert full_grads.keys() == only_grads.keys() and any("critic" in n for n in full_grads) == (cfg.critic == "separate")
+    for name in full_grads:
+        torch.testing.assert_close(only_grads[name], full_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def same_step_twice(t, batch, change) -> tuple[dict, dict]:
