@@ -9,8 +9,9 @@ Each call starts a fresh sandbox (Debian package `bubblewrap`, from `make system
   would exit without reaping that init, leaving a zombie per run to the host's pid 1, which
   in a container may never reap it). So the kernel ignores signals it sends itself that it
   does not handle, and its orphans are not reaped (they die with the sandbox).
-  When the caller is root, bwrap itself is started as host uid/gid 65534 (nobody): a sandbox
-  uid mapped to host root is exempt from RLIMIT_NPROC, so a fork bomb would not be bounded.
+  When the caller is root, bwrap itself is started as host uid/gid 65534 (nobody), through
+  `setpriv`: a sandbox uid mapped to host root is exempt from RLIMIT_NPROC, so a fork bomb would
+  not be bounded.
 - Files: read-only `/usr` plus the `/lib*` loader paths (symlinks on merged-/usr systems), a
   fresh `/proc` and minimal `/dev`, and a private 64 MiB tmpfs `/tmp` holding the program as
   `/tmp/main.py` (its cwd). `/` and `/dev` are remounted read-only, so `/tmp` is the only
@@ -42,7 +43,11 @@ bounds on throughput:
     thread pool, 8 workers:  95-98 programs/s
 
 Of a run, starting the interpreter takes ~17 ms and bwrap's namespaces and mounts ~15 ms
-(measured alone); more workers than cores help because much of a start-up is waiting.
+(measured alone); more workers than cores help because much of a start-up is waiting. The caller's
+size matters as well: Python spawns with vfork unless it is asked to change the user (hence
+`setpriv` for a root caller), and a fork of a training process holding 1.2 GB cost 55 ms per run
+(one run at a time, from that process, as root: 86 ms per run with Popen's `user=`, 22 ms with
+`setpriv`; 2026-12-04, idle machine).
 
 Without a working bwrap (not installed, or user namespaces disabled), `run_python` raises
 `SandboxUnavailable`, unless `allow_unsandboxed=True` or the environment variable
@@ -197,14 +202,16 @@ def _run(code, stdin, timeout_s, memory_mb, max_bytes, bwrap) -> SandboxResult:
         stdin_fd = _memfd("stdin", stdin.encode(errors="replace"))
         stack.callback(os.close, code_fd)
         stack.callback(os.close, stdin_fd)
-        ids = {}
         if bwrap:
             argv = _bwrap_argv(bwrap)
             argv += ["--perms", "0444", "--ro-bind-data", str(code_fd), "/tmp/main.py"]
             argv += [*_limits(timeout_s, memory_mb), PYTHON, "/tmp/main.py"]
             cwd = "/"
             if os.geteuid() == 0:
-                ids = dict(user=SANDBOX_ID, group=SANDBOX_ID, extra_groups=[])
+                # Drop root before bwrap with setpriv rather than Popen's user/group arguments: with
+                # those, Python forks instead of using vfork, and forking a training process of a
+                # gigabyte or more cost 55 ms of page-table copying per program.
+                argv = ["setpriv", f"--reuid={SANDBOX_ID}", f"--regid={SANDBOX_ID}", "--clear-groups", *argv]
         else:
             cwd = stack.enter_context(tempfile.TemporaryDirectory(prefix="rl_vf_unsandboxed_"))
             Path(cwd, "main.py").write_bytes(source)
@@ -212,7 +219,7 @@ def _run(code, stdin, timeout_s, memory_mb, max_bytes, bwrap) -> SandboxResult:
         proc = subprocess.Popen(
             argv, stdin=stdin_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             pass_fds=(code_fd,) if bwrap else (), cwd=cwd, env=PROGRAM_ENV,
-            start_new_session=True, **ids,
+            start_new_session=True,
         )
         stdout, stderr, timed_out, truncated = _collect(
             proc, start + timeout_s, max_bytes, sandboxed=bool(bwrap)

@@ -266,7 +266,7 @@ def decode_tok_s(policy, tokenizer, batch: int, scale: Scale, device: torch.devi
     kv = _RowCache(policy, batch, device, engine.max_action_tokens)
     with torch.no_grad():
         logits, values = kv.forward(prompt, torch.ones_like(prompt, dtype=torch.bool))
-        _, seconds = timed(lambda: engine._decode(kv, logits[:, -1], values[:, -1], gen, greedy=False), device)
+        _, seconds = timed(lambda: engine._decode(kv, logits, values, gen, greedy=False), device)
     return batch * scale.decode_tokens / seconds
 
 
@@ -612,14 +612,18 @@ def scoring_step_s(demos: int, repeats: int, device: torch.device, threads: int)
 
 
 def child_peak_rss_mb(cmd: list[str]) -> float:
-    """Peak RSS of one child process running ``cmd`` (wait4: its own usage, not the largest child's)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
-    return usage.ru_maxrss / 1024  # kB on Linux
+    """Peak RSS (MB) of a process running ``cmd``. Linux starts a new process's peak at its parent's (the
+    high-water mark survives fork and exec), and this process holds models by then, so ``cmd`` runs
+    under a small Python process that reports its own child's peak (wait4)."""
+    probe = ("import os, subprocess, sys\n"
+             "proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+             "_, status, usage = os.wait4(proc.pid, 0)\n"
+             "print(usage.ru_maxrss)\n"  # kB on Linux
+             "sys.exit(os.waitstatus_to_exitcode(status))")
+    done = subprocess.run([sys.executable, "-c", probe, *cmd], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return int(done.stdout.split()[-1]) / 1024
 
 
 def train_cmd(run_dir: str, device: torch.device, threads: int, *flags: str) -> list[str]:

@@ -319,9 +319,8 @@ class RolloutEngine:
             lens = torch.tensor([len(p) for p in pending], device=self.device)
             real = torch.arange(width, device=self.device)[None, :] < lens[:, None]
             logits, values = kv.forward(ids, real)
-            rows = torch.arange(len(pending), device=self.device)
             tries = [self.legal.trie(env) for env in envs] if self.legal else None
-            action = self._decode(kv, logits[rows, lens - 1], values[rows, lens - 1], generator, greedy, tries)
+            action = self._decode(kv, logits, values, generator, greedy, tries)
 
             # Step the envs; refill finished rows, or drop them once every episode has started.
             texts = [self.action_text(tuple(tokens)) for tokens, *_ in action]
@@ -450,19 +449,21 @@ class _RowCache:
         self.pos = torch.zeros(rows, dtype=torch.long, device=device)  # next position id of each row
 
     def forward(self, ids: torch.Tensor, real: torch.Tensor):
-        """Append ``ids`` (R, W); ``real`` marks each row's tokens (left-aligned), the rest is padding."""
+        """Append ``ids`` (R, W); ``real`` marks each row's tokens (left-aligned), the rest is padding.
+        Returns the (R, V) logits and (R,) values after each row's last token (the head runs there alone)."""
         self.attn = torch.cat([self.attn, real], dim=1)
         positions = self.pos[:, None] + torch.arange(ids.shape[1], device=ids.device)
+        last = (real.sum(1) - 1).clamp(min=0)[:, None]
         logits, values, self.cache = self.policy(
-            ids, attention_mask=self.attn, position_ids=positions, past_key_values=self.cache, use_cache=True
+            ids, attention_mask=self.attn, position_ids=positions, past_key_values=self.cache, use_cache=True,
+            queries=last if ids.shape[1] > 1 else None,
         )
         self.pos = self.pos + real.sum(1)
-        return logits, values
+        return logits[:, 0], values[:, 0]
 
     def step(self, tok: torch.Tensor, live: torch.Tensor):
         """One decode token per row (``live`` False: padding); returns (R, V) logits and (R,) values."""
-        logits, values = self.forward(tok[:, None], live[:, None])
-        return logits[:, 0], values[:, 0]
+        return self.forward(tok[:, None], live[:, None])
 
     def reserve(self, tokens: int) -> list[torch.Tensor]:
         """Room in every layer for ``tokens`` more columns; returns the key and value buffers."""

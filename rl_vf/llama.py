@@ -36,18 +36,17 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
             position_ids: torch.Tensor | None = None, past_key_values=None,
             queries: torch.Tensor | None = None) -> torch.Tensor:
     """The last hidden states (B, T, H) of ``trunk`` (a LlamaModel) for ``input_ids`` (B, T); with
-    ``queries`` (B, Q) column indices, only those columns' (B, Q, H), which the last layer then
-    computes alone (its keys and values still come from every column): scoring reads a few action
-    tokens of a long transcript, and the last layer's rest, the final norm and the LM head would be
-    spent on the observation tokens.
+    ``queries`` (B, Q) indices into the T new columns, only those columns' (B, Q, H), which the last
+    layer then computes alone (its keys and values, cached too, still come from every column):
+    scoring reads a few action tokens of a long transcript, and a rollout's prefill of an
+    observation the last column's, so the last layer's rest, the final norm and the LM head would
+    be spent on columns nobody reads.
 
     ``attention_mask``: None (causal), a 2-D (B, K) mask of the columns each row attends to (its
     last T columns are the new tokens; K = cached columns + T), or a 4-D (B, 1, T, K) mask as built
     by the caller (bool, or additive). ``past_key_values``: a Hugging Face cache, extended in place.
     Each query always attends to itself, so a padding query never sees an empty row (NaN).
     """
-    if queries is not None and past_key_values is not None:
-        raise ValueError("queries (a subset of the last layer's outputs) needs a forward without a KV cache")
     config = trunk.config
     hidden = trunk.embed_tokens(input_ids)
     batch, new = input_ids.shape

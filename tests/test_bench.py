@@ -79,3 +79,13 @@ def test_bad_section_is_refused():
     proc = subprocess.run([sys.executable, "experiments/bench.py", "--sections", "decode,nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_a_child_peak_rss_is_its_own_not_the_bench_process():
+    """Linux starts a process's peak RSS at its parent's; the bench holds models when it measures a
+    training run, so the measurement must not report the bench's own size."""
+    bench = load_bench()
+    held = torch.ones(100_000_000)  # 400 MB in this process
+    allocate = [sys.executable, "-c", "import numpy; a = numpy.ones(25_000_000); a += 1"]  # + 200 MB
+    small, large = bench.child_peak_rss_mb([sys.executable, "-c", "pass"]), bench.child_peak_rss_mb(allocate)
+    assert small < 100 and 200 < large < 350 and held.sum() > 0, (small, large)

@@ -92,10 +92,11 @@ def test_legal_decoding_on_cuda_plays_only_legal_actions_and_scores_the_same_dis
     episodes = engine.collect(range(60), torch.Generator(device=CUDA).manual_seed(0))
     assert not any(e.invalid for e in episodes)
     batch = RolloutBatch.from_episodes(episodes, tok.pad_token_id).to(CUDA)
-    with torch.no_grad():
-        scored = policy.score(batch.tokens, batch.attention_mask, legal=batch.legal(slice(None)))
     m = batch.action_mask.bool()
-    torch.testing.assert_close(scored["logprobs"][m], batch.sample_logprobs[m], atol=1e-4, rtol=0)
+    for only in (None, batch.action_mask):  # every position, and the action tokens' alone (the learner's)
+        with torch.no_grad():
+            scored = policy.score(batch.tokens, batch.attention_mask, legal=batch.legal(slice(None)), scored=only)
+        torch.testing.assert_close(scored["logprobs"][m], batch.sample_logprobs[m], atol=1e-4, rtol=0)
 
 
 def test_training_on_cuda_defaults_to_bf16_and_learns_a_step(tmp_path):

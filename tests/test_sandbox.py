@@ -99,6 +99,26 @@ def test_fork_bomb_is_bounded_and_leaves_nothing():
 
 
 @needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="root drops to nobody before bwrap; others run it as themselves")
+def test_a_root_caller_starts_the_sandbox_as_nobody():
+    """bwrap and the program run as host uid 65534, not root (a root-mapped sandbox would not count
+    its processes against RLIMIT_NPROC)."""
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_python, "import time\ntime.sleep(1.0)\nprint('done')", timeout_s=5.0)
+        seen = {}
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not ({"bwrap", "main"} <= seen.keys()):
+            for cmdline, name, uid in host_processes().values():
+                if name == "bwrap" and "/tmp/main.py" in cmdline:
+                    seen["bwrap"] = uid
+                elif cmdline.startswith(sandbox.PYTHON) and "/tmp/main.py" in cmdline:
+                    seen["main"] = uid
+            time.sleep(0.05)
+        assert running.result().stdout == "done\n"
+    assert seen == {"bwrap": 65534, "main": 65534}
+
+
+@needs_bwrap
 def test_process_limit_is_per_sandbox():
     # 4 sandboxes at once, each with 8 children: over the limit of 16 only if counted jointly.
     code = (
