@@ -143,6 +143,8 @@ def sandbox_error(bwrap: str | None) -> str | None:
         cause = "bubblewrap (bwrap) is not installed"
     elif not os.access(PYTHON, os.X_OK):
         cause = f"{PYTHON} (the sandbox's interpreter) is missing"
+    elif os.geteuid() == 0 and shutil.which("setpriv") is None:
+        cause = "setpriv (util-linux), which drops root before bwrap, is not installed"
     else:
         result = _run("print(1)", "", 10.0, 256, 4096, bwrap)
         if result.stdout == "1\n":

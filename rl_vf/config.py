@@ -72,7 +72,8 @@ class TrainConfig:
     # Rollouts.
     episodes_per_update: int = doc("episodes collected per policy update", 1024)
     num_envs: int = doc("envs played in parallel (rows of the rollout batch)", 256)
-    env_threads: int = doc("threads stepping the envs (>1 helps envs whose step waits on a subprocess, e.g. "
+    env_threads: int = doc("threads stepping the envs and playing the warm start's demonstrations (>1 helps "
+                           "envs whose step waits on a subprocess, e.g. "
                            "CodeFunction's sandbox; pure-Python envs gain nothing)", 1)
     max_action_tokens: int = doc("an action ends at a newline, EOS or this many tokens (0: the env's Text action "
                                  "space max_length, or 64)", 0)
@@ -274,22 +275,24 @@ ENV_DEFAULTS: dict[str, dict] = {
     # 82 s with). A whole game of Chess-v0 is cut at 40 moves for the same reason (its first update
     # still takes about 200 CPU s; docs/benchmark.md, "First update of every env"). Transcripts of
     # 1,300-3,300 tokens make an update of 1024 games take over 10 minutes on a CPU, so the default
-    # budgets are 16 updates of 128 (KQK) and 64 (a whole game) games.
-    "ChessEndgame-v0": {"total_episodes": 2048, "episodes_per_update": 128, "constrain_actions": "legal",
-                        "env_kwargs": {"compact": True}},
-    "Chess-v0": {"total_episodes": 1024, "episodes_per_update": 64, "constrain_actions": "legal",
+    # budgets are 16 updates of 128 (KQK) and 64 (a whole game) games. Evaluations play as many rows
+    # at once as an update does: 256 rows of KQK transcripts took the final evaluation to 4.8 GB.
+    "ChessEndgame-v0": {"total_episodes": 2048, "episodes_per_update": 128, "num_envs": 128,
+                        "constrain_actions": "legal", "env_kwargs": {"compact": True}},
+    "Chess-v0": {"total_episodes": 1024, "episodes_per_update": 64, "num_envs": 64, "constrain_actions": "legal",
                  "env_kwargs": {"compact": True, "max_moves": 40}},
 }
 
 # How long a whole `rl-vf train --env ID --threads 1` at the defaults above takes on the 2-core CPU
 # machine (wall time with nothing else running; docs/benchmark.md, "Whole default runs", has the
-# commands). `rl-vf train --help` lists it beside each env's defaults.
+# commands). `rl-vf train --help` lists it beside each env's defaults. The chess figures come from
+# before the learner scored the action tokens alone, which made their first updates 1.5x faster.
 DEFAULT_RUN_TIME: dict[str, str] = {
-    "TicTacToe-v0": "14 min",
-    "ConnectFour-v0": "21 min",
-    "ChessEndgame-v0": "58 min",
-    "Chess-v0": "not measured; ~70 min estimated from its first update",
-    "CodeFunction-v0": "21 min",
+    "TicTacToe-v0": "9 min",
+    "ConnectFour-v0": "11 min",
+    "ChessEndgame-v0": "under 58 min",
+    "Chess-v0": "not measured; under ~70 min estimated from its first update",
+    "CodeFunction-v0": "11 min",
     "Arithmetic-v0": "4 min",
     "Countdown-v0": "6 min",
     "KeyToDoor-v0": "10 min",

@@ -292,6 +292,18 @@ def test_failing_bwrap_is_refused_with_its_error(monkeypatch):
         run_python("print(1)")
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a root caller needs setpriv")
+def test_a_root_caller_without_setpriv_is_refused(monkeypatch):
+    monkeypatch.delenv("RL_VF_UNSANDBOXED", raising=False)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    sandbox.sandbox_error.cache_clear()  # probed once per bwrap path
+    try:
+        with pytest.raises(SandboxUnavailable, match="setpriv .util-linux.*is not installed"):
+            run_python("print(1)")
+    finally:
+        sandbox.sandbox_error.cache_clear()
+
+
 @pytest.mark.parametrize("how", ["argument", "environment"])
 def test_unsandboxed_runs_with_a_warning(monkeypatch, capsys, how):
     monkeypatch.setattr(sandbox, "BWRAP", None)
