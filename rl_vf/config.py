@@ -273,7 +273,7 @@ ENV_DEFAULTS: dict[str, dict] = {
     # The compact board (77 characters a turn instead of 164) halves a transcript; attention over it
     # is what an update spends its time on (first 64-game update of KQK: over 5 CPU minutes without,
     # 82 s with). A whole game of Chess-v0 is cut at 40 moves for the same reason (its first update
-    # still takes about 200 CPU s; docs/benchmark.md, "First update of every env"). Transcripts of
+    # still takes about 140 CPU s; docs/benchmark.md, "First update of every env"). Transcripts of
     # 1,300-3,300 tokens make an update of 1024 games take over 10 minutes on a CPU, so the default
     # budgets are 16 updates of 128 (KQK) and 64 (a whole game) games. Evaluations play as many rows
     # at once as an update does: 256 rows of KQK transcripts took the final evaluation to 4.8 GB.

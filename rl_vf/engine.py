@@ -453,12 +453,13 @@ class _RowCache:
         Returns the (R, V) logits and (R,) values after each row's last token (the head runs there alone)."""
         self.attn = torch.cat([self.attn, real], dim=1)
         positions = self.pos[:, None] + torch.arange(ids.shape[1], device=ids.device)
-        last = (real.sum(1) - 1).clamp(min=0)[:, None]
+        counts = real.sum(1)
+        last = (counts - 1).clamp(min=0)[:, None] if ids.shape[1] > 1 else None
         logits, values, self.cache = self.policy(
             ids, attention_mask=self.attn, position_ids=positions, past_key_values=self.cache, use_cache=True,
-            queries=last if ids.shape[1] > 1 else None,
+            queries=last,
         )
-        self.pos = self.pos + real.sum(1)
+        self.pos = self.pos + counts
         return logits[:, 0], values[:, 0]
 
     def step(self, tok: torch.Tensor, live: torch.Tensor):

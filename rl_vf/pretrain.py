@@ -93,18 +93,13 @@ def demo_episodes(make_env, cfg: TrainConfig, tokenizer, max_action_tokens: int,
         finally:
             idle.put(env)
 
-    bar = tqdm(total=cfg.warm_start_demos, desc=f"demos {cfg.env}", unit="ep", mininterval=1.0)
     try:
         with ThreadPoolExecutor(cfg.env_threads) as pool:
-            episodes = []
-            for episode in pool.map(play, range(cfg.warm_start_demos)):
-                episodes.append(episode)
-                bar.update()
+            return list(tqdm(pool.map(play, range(cfg.warm_start_demos)), total=cfg.warm_start_demos,
+                             desc=f"demos {cfg.env}", unit="ep", mininterval=1.0))
     finally:
-        bar.close()
         while not idle.empty():
             idle.get_nowait().close()
-    return episodes
 
 
 def check_demonstrator(env, env_id: str) -> None:
