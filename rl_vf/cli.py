@@ -61,7 +61,7 @@ def config_flags(group, names, defaults: dict | None = None) -> None:
 # Config keys that pretraining reads; --demos and --expert-prob set the warm_start_* keys.
 PRETRAIN_KEYS = ("out", "final_eval_episodes", *(k for k in WARM_START_FIELDS if k not in ("warm_start_demos",
                                                                                          "warm_start_expert_prob")))
-PRETRAIN_DEFAULTS = {"warm_start_demos": 2000}
+PRETRAIN_DEFAULTS = {"warm_start_demos": 2000}  # where the env's own defaults set none (train's default is 0)
 
 
 def pretrain_parser(sub) -> None:
@@ -75,7 +75,8 @@ def pretrain_parser(sub) -> None:
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (the flags below, with underscores)")
     p.add_argument("--demos", dest="warm_start_demos", default=argparse.SUPPRESS, metavar="INT",
-                   help="demonstration episodes (warm_start_demos; default: 2000)")
+                   help="demonstration episodes (warm_start_demos; default: the env's own, as `train` uses it, "
+                        "else 2000)")
     p.add_argument("--expert-prob", dest="warm_start_expert_prob", default=argparse.SUPPRESS, metavar="FLOAT",
                    help="chance that a demonstrated move is the expert's, else a random legal move "
                         f"(warm_start_expert_prob; default: {DEFAULTS.warm_start_expert_prob})")
@@ -376,12 +377,20 @@ def diagnose_dir(checkpoint: str) -> str:
     return path + "-diagnose"
 
 
+def pretrain_config(file_layer: dict, flags: dict) -> TrainConfig:
+    """``pretrain``'s settings: the config file's, then the flags, over the env's defaults, so that at
+    the env's defaults it makes the warm start `train` makes; an env without warm-start defaults gets
+    ``PRETRAIN_DEFAULTS``' demos."""
+    env = {**file_layer, **flags}.get("env", FIELDS["env"].default)
+    defaults = {} if "warm_start_demos" in ENV_DEFAULTS.get(env, {}) else PRETRAIN_DEFAULTS
+    return make_config(defaults, file_layer, flags)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from rl_vf.pretrain import pretrain
 
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
-    file_layer = load_yaml(args.config) if args.config else {}
-    cfg = make_config(PRETRAIN_DEFAULTS, file_layer, flags)
+    cfg = pretrain_config(load_yaml(args.config) if args.config else {}, flags)
     run_dir = cfg.out or default_run_dir(cfg, "pretrain")
     cfg.out = run_dir
     summary = pretrain(cfg, run_dir, cfg.final_eval_episodes)

@@ -69,9 +69,7 @@ class Learner:
 
     def set_lr(self, update: int, total_updates: int) -> None:
         """The lr for update ``update``; computed from the update index, so resuming is exact."""
-        frac = 1 - update / total_updates if self.cfg.lr_schedule == "linear" else 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * frac
+        scheduled_lr(self.optimizer, self.cfg.lr_schedule, update, total_updates)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "warmup_left": self.warmup_left,
@@ -206,6 +204,14 @@ class Learner:
             terms["loss/kl"] = kl
             parts["kl"] = cfg.kl_coef * kl
         return sum(parts.values()), terms, parts
+
+
+def scheduled_lr(optimizer: torch.optim.Optimizer, schedule: str, step: int, steps: int) -> None:
+    """Set each parameter group's lr for step ``step`` of ``steps``: its ``base_lr`` (``adam``), constant,
+    or decayed linearly to 0 at ``steps`` (``schedule`` "linear")."""
+    frac = 1 - step / steps if schedule == "linear" else 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * frac
 
 
 def adam(module: torch.nn.Module, lr: float, critic_lr: float | None = None) -> torch.optim.Adam:

@@ -34,7 +34,7 @@ def supports(trunk: nn.Module) -> bool:
 
 def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
             position_ids: torch.Tensor | None = None, past_key_values=None,
-            queries: torch.Tensor | None = None) -> torch.Tensor:
+            queries: torch.Tensor | None = None, window: int = 0) -> torch.Tensor:
     """The last hidden states (B, T, H) of ``trunk`` (a LlamaModel) for ``input_ids`` (B, T); with
     ``queries`` (B, Q) indices into the T new columns, only those columns' (B, Q, H), which the last
     layer then computes alone (its keys and values, cached too, still come from every column):
@@ -45,7 +45,8 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     ``attention_mask``: None (causal), a 2-D (B, K) mask of the columns each row attends to (its
     last T columns are the new tokens; K = cached columns + T), or a 4-D (B, 1, T, K) mask as built
     by the caller (bool, or additive). ``past_key_values``: a Hugging Face cache, extended in place.
-    Each query always attends to itself, so a padding query never sees an empty row (NaN).
+    Each query always attends to itself, so a padding query never sees an empty row (NaN). ``window``
+    (rl_vf's attention window; 0: none) applies to the masks built here (``visible``), not to a 4-D one.
     """
     config = trunk.config
     hidden = trunk.embed_tokens(input_ids)
@@ -60,9 +61,12 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
         # Each row's tokens come first: causal attention gives them the same outputs as the padding
         # mask would (padding queries differ, and nothing reads them), through SDPA's fused causal
         # kernel instead of a (B, 1, T, T) mask: no T x T buffer, and about half the time on long chess
-        # transcripts (docs/benchmark.md, "First update of every env").
+        # transcripts (docs/benchmark.md, "First update of every env"). With a window, the same holds
+        # for the band of the window's last columns (``band_attention``).
         attention_mask = None
-    mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else visible(attention_mask, new)
+    band = window if attention_mask is None else 0
+    mask = (attention_mask if attention_mask is None or attention_mask.dim() == 4
+            else visible(attention_mask, new, window))
     # Hugging Face's flag (``gradient_checkpointing_enable``): keep only each layer's input for the
     # backward and recompute the rest there.
     recompute = getattr(trunk, "gradient_checkpointing", False) and past_key_values is None and torch.is_grad_enabled()
@@ -70,18 +74,19 @@ def forward(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     for i, layer in enumerate(layers):
         only = queries if i == len(layers) - 1 else None
         if recompute:
-            hidden = checkpoint(decoder_layer, layer, hidden, cos, sin, mask, None, i, only, use_reentrant=False)
+            hidden = checkpoint(decoder_layer, layer, hidden, cos, sin, mask, None, i, only, band, use_reentrant=False)
         else:
-            hidden = decoder_layer(layer, hidden, cos, sin, mask, past_key_values, i, only)
+            hidden = decoder_layer(layer, hidden, cos, sin, mask, past_key_values, i, only, band)
     return rms_norm(trunk.norm, hidden)
 
 
 def decoder_layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   mask: torch.Tensor | None, past_key_values=None, index: int = 0,
-                  queries: torch.Tensor | None = None) -> torch.Tensor:
+                  queries: torch.Tensor | None = None, band: int = 0) -> torch.Tensor:
     """One LlamaDecoderLayer on ``hidden`` (B, T, H); the new keys and values extend ``past_key_values``
     (as its layer ``index``) where given. With ``queries`` (B, Q) column indices: the outputs (B, Q, H)
-    of those columns alone."""
+    of those columns alone. ``band`` (with ``mask`` None): each column attends to itself and the
+    ``band`` - 1 columns before it (0: all before it)."""
     config, attn, mlp = layer.self_attn.config, layer.self_attn, layer.mlp
     batch, new = hidden.shape[:2]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -93,13 +98,16 @@ def decoder_layer(layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin
     if queries is not None:
         hidden, x = rows(hidden, queries), rows(x, queries)
         cos, sin = rows(cos.expand(batch, -1, -1, -1), queries, 2), rows(sin.expand(batch, -1, -1, -1), queries, 2)
-        mask = query_mask(mask, queries, new)
+        mask = query_mask(mask, queries, new, band)
     q = F.linear(x, attn.q_proj.weight).view(batch, x.shape[1], heads, head_dim).transpose(1, 2)
     q = q * cos + rotate_half(q) * sin
     if past_key_values is not None:
         k, v = past_key_values.update(k, v, index)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and new > 1,
-                                         scale=attn.scaling, enable_gqa=kv_heads != heads)
+    if mask is None and band and queries is None and new > band:
+        out = band_attention(q, k, v, band, attn.scaling)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and new > 1,
+                                             scale=attn.scaling, enable_gqa=kv_heads != heads)
     hidden = hidden + F.linear(out.transpose(1, 2).reshape(batch, x.shape[1], heads * head_dim), attn.o_proj.weight)
     x = rms_norm(layer.post_attention_layernorm, hidden)
     return hidden + F.linear(F.silu(F.linear(x, mlp.gate_proj.weight)) * F.linear(x, mlp.up_proj.weight),
@@ -113,12 +121,38 @@ def rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return x.gather(dim, index.view(shape).expand(*x.shape[:dim], index.shape[1], *x.shape[dim + 1:]))
 
 
-def query_mask(mask: torch.Tensor | None, queries: torch.Tensor, columns: int) -> torch.Tensor:
+def query_mask(mask: torch.Tensor | None, queries: torch.Tensor, columns: int, band: int = 0) -> torch.Tensor:
     """The (B, 1, Q, K) attention mask of the query columns ``queries`` (B, Q): the rows of a 4-D mask,
-    or, for causal attention (None), the columns at or before each query."""
+    or, for causal attention (None), the columns at or before each query (with a ``band``, only its
+    last ``band`` of them)."""
     if mask is None:
-        return (torch.arange(columns, device=queries.device) <= queries[..., None])[:, None]
+        behind = queries[..., None] - torch.arange(columns, device=queries.device)
+        return ((behind >= 0) & ((behind < band) if band else True))[:, None]
     return rows(mask.expand(len(queries), -1, -1, -1), queries, 2)
+
+
+def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, band: int, scale: float) -> torch.Tensor:
+    """Causal attention (B, heads, T, D) in which each column sees itself and the ``band`` - 1 before
+    it, by blocks: each block of ``band`` queries attends to its own block's keys and the previous
+    block's (2 * band keys), not to all T, so time and memory grow as T * band instead of T * T.
+    Grouped key/value heads are repeated to the query heads first."""
+    batch, heads, t, dim = q.shape
+    k, v = (x.repeat_interleave(heads // x.shape[1], dim=1) for x in (k, v))
+    blocks = -(-t // band)
+    q = F.pad(q, (0, 0, 0, blocks * band - t)).reshape(batch, heads * blocks, band, dim)
+
+    def paired(x):  # (B, heads * blocks, 2 * band, D): block j's keys are columns (j-1)*band .. (j+1)*band - 1
+        x = F.pad(x, (0, 0, band, blocks * band - t)).view(batch, heads, blocks + 1, band, dim)
+        return torch.cat((x[:, :, :-1], x[:, :, 1:]), dim=3).reshape(batch, heads * blocks, 2 * band, dim)
+
+    query = torch.arange(band, device=q.device)[:, None]
+    key = torch.arange(2 * band, device=q.device)
+    mask = (key > query) & (key <= query + band)  # key column - query column in (-band, 0]
+    mask = mask.expand(blocks, -1, -1).clone()
+    mask[0, :, :band] = False  # the first block has no block before it (those keys are zero padding)
+    mask = mask.repeat(heads, 1, 1)
+    out = F.scaled_dot_product_attention(q, paired(k), paired(v), attn_mask=mask, scale=scale)
+    return out.view(batch, heads, blocks * band, dim)[:, :, :t]
 
 
 def right_padded(mask: torch.Tensor) -> bool:

@@ -94,10 +94,11 @@ class Critic(nn.Module):
         save_value_head(self.value_head, path)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                queries: torch.Tensor | None = None) -> torch.Tensor:
+                queries: torch.Tensor | None = None, window: int = 0) -> torch.Tensor:
         """Values (B, T): position t's scores the state after token t (with ``queries`` (B, Q), those
-        columns' alone). ``past_key_values`` (a cache, or None) is extended in place."""
-        hidden = trunk_hidden(self.trunk, input_ids, attention_mask, position_ids, past_key_values, queries)
+        columns' alone). ``past_key_values`` (a cache, or None) is extended in place. ``window``: the
+        policy's attention window, which the lean forward applies to a 2-D mask (``trunk_hidden``)."""
+        hidden = trunk_hidden(self.trunk, input_ids, attention_mask, position_ids, past_key_values, queries, window)
         return head_values(self.value_head, hidden)
 
 
@@ -247,16 +248,16 @@ class Policy(nn.Module):
             past_key_values = self.new_cache()
         lm_cache = past_key_values.lm if past_key_values is not None else None
         critic_cache = past_key_values.critic if past_key_values is not None else None
-        attention_mask = self.attention_mask(attention_mask, input_ids)
+        attention_mask, window = self.attention_mask(attention_mask, input_ids), self.attention_window
         with self.autocast(input_ids.device):
-            hidden = trunk_hidden(self.lm.base_model, input_ids, attention_mask, position_ids, lm_cache, queries)
+            hidden = trunk_hidden(self.lm.base_model, input_ids, attention_mask, position_ids, lm_cache, queries, window)
             logits = self.lm.get_output_embeddings()(hidden).float()
             if self.critic is None:
                 values = head_values(self.value_head, hidden)
             elif past_key_values is not None and not past_key_values.with_critic:
                 values = torch.zeros(hidden.shape[:2], device=hidden.device)
             else:
-                values = self.critic(input_ids, attention_mask, position_ids, critic_cache, queries)
+                values = self.critic(input_ids, attention_mask, position_ids, critic_cache, queries, window)
         if self.allowed_tokens is not None:
             logits = logits.masked_fill(~self.allowed_tokens, float("-inf"))
         return logits, values, past_key_values
@@ -338,8 +339,8 @@ class Policy(nn.Module):
         the attention implementation adds or selects by."""
         if isinstance(attention_mask, dict) or (attention_mask is not None and attention_mask.dim() == 4):
             allowed = attention_mask  # already built by the caller (the engine's static decode step)
-        elif not (self.attention_window or self.sliding_window):
-            return attention_mask
+        elif not (self.attention_window or self.sliding_window) or llama.supports(self.lm.base_model):
+            return attention_mask  # (rl_vf's lean forward applies the window itself: by bands where it can)
         else:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
@@ -388,13 +389,15 @@ def additive(allowed: torch.Tensor) -> torch.Tensor:
 
 
 def trunk_hidden(trunk: nn.Module, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                 queries: torch.Tensor | None = None):
+                 queries: torch.Tensor | None = None, window: int = 0):
     """The last hidden states of a transformer trunk (an LM's ``base_model``, a critic's trunk):
     ``rl_vf.llama``'s lean forward where it computes the same function, else the model's own.
     ``past_key_values`` (a cache, or None for no cache) is extended in place. ``queries`` (B, Q):
-    only those columns' states (the lean forward's last layer computes no others)."""
+    only those columns' states (the lean forward's last layer computes no others). ``window``: rl_vf's
+    attention window, which the lean forward applies to a 2-D mask (``Policy.attention_mask`` leaves it
+    2-D for the lean forward, and builds the window's masks for every other model)."""
     if llama.supports(trunk):
-        return llama.forward(trunk, input_ids, attention_mask, position_ids, past_key_values, queries)
+        return llama.forward(trunk, input_ids, attention_mask, position_ids, past_key_values, queries, window)
     hidden = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=past_key_values is not None, **{cache_kwarg(trunk): past_key_values}).last_hidden_state
     return hidden if queries is None else llama.rows(hidden, queries)

@@ -35,7 +35,7 @@ from rl_vf.config import WARM_START_FIELDS, ConfigError, TrainConfig, write_conf
 from rl_vf.engine import Episode, RolloutBatch, stop_token_mask
 from rl_vf.legal import LegalActions
 from rl_vf.actor import episode_metrics, evaluate, open_env, policy_for_env, resolve_device
-from rl_vf.learner import adam, clip_gradients, minibatch_parts
+from rl_vf.learner import adam, clip_gradients, minibatch_parts, scheduled_lr
 
 
 def stop_token(tokenizer) -> int:
@@ -224,12 +224,13 @@ def pretrain(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:
     optimizer = adam(policy, cfg.warm_start_lr)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = -(-demos // cfg.minibatch_size)
-    bar = tqdm(total=cfg.warm_start_epochs * steps_per_epoch, desc="pretrain", unit="step", mininterval=1.0)
+    steps = cfg.warm_start_epochs * steps_per_epoch
+    bar = tqdm(total=steps, desc="pretrain", unit="step", mininterval=1.0)
     history = []
     policy.train()
     for epoch in range(cfg.warm_start_epochs):
         totals = {"pretrain/nll": 0.0}
-        for idx in torch.randperm(demos, generator=generator).split(cfg.minibatch_size):
+        for i, idx in enumerate(torch.randperm(demos, generator=generator).split(cfg.minibatch_size)):
             optimizer.zero_grad(set_to_none=True)
             for sl, weight in minibatch_parts(lengths, batch.action_mask, idx.to(device), cfg.update_tokens):
                 mask = batch.action_mask[sl]
@@ -238,6 +239,7 @@ def pretrain(cfg: TrainConfig, run_dir: str, eval_episodes: int) -> dict:
                 (nll * weight).backward()
                 totals["pretrain/nll"] += float(nll.detach() * weight) / steps_per_epoch
             clip_gradients(policy, cfg.max_grad_norm)
+            scheduled_lr(optimizer, cfg.warm_start_lr_schedule, epoch * steps_per_epoch + i, steps)
             optimizer.step()
             bar.update()
         bar.set_postfix(nll=f"{totals['pretrain/nll']:.3f}", refresh=False)

@@ -34,6 +34,50 @@ def test_full_forward_matches_hugging_face(kv_heads):
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("window", [3, 5])
+def test_a_window_on_right_padded_rows_runs_by_bands_and_equals_the_window_mask(kv_heads, window):
+    """rl_vf's attention window on training batches (tokens, then padding): the lean forward attends
+    by blocks of ``window`` columns (``band_attention``), not through a (B, 1, T, T) mask; it equals the
+    window's explicit mask (``visible``) at every real token, also where the last layer computes a few
+    query columns alone, and for lengths that are not a multiple of the window. Outputs in fp32; the
+    gradients in fp64, where the two agree to rounding (in fp32 SDPA's kernel sums the blocks in
+    another order: ~1e-4 of the largest gradient)."""
+    trunk = make_trunk(num_key_value_heads=kv_heads)
+    ids = torch.randint(0, 50, (3, 23))
+    right = torch.arange(23)[None, :] < torch.tensor([23, 13, window - 1])[:, None]
+    queries = torch.tensor([[0, 9, 22], [4, 12, 12], [0, 1, 1]])
+    real_queries = torch.tensor([[True] * 3, [True] * 3, [True, True, False]])
+
+    def run(mask, window_arg, queries=None):
+        trunk.zero_grad()
+        out = llama.forward(trunk, ids, mask, window=window_arg, queries=queries)
+        out = out[right] if queries is None else out[real_queries]
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in trunk.parameters()]
+
+    for q in (None, queries):
+        banded, masked = run(right.long(), window, q)[0], run(llama.visible(right, 23, window), 0, q)[0]
+        torch.testing.assert_close(banded, masked, atol=1e-5, rtol=0)
+        trunk.double()
+        banded, banded_grads = run(right.long(), window, q)
+        for a, b in zip(banded_grads, run(llama.visible(right, 23, window), 0, q)[1]):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+        trunk.float()
+    assert not torch.allclose(banded.float(), run(right.long(), 0, queries)[0], atol=1e-3)  # the window matters
+
+
+def test_band_attention_equals_a_banded_mask():
+    """Against SDPA with the band as an explicit mask: T shorter than, equal to and longer than the
+    band, not a multiple of it (the first block sees no block before it: zero-padded keys)."""
+    torch.manual_seed(0)
+    for t, band in ((2, 4), (4, 4), (9, 4), (17, 8)):
+        q, k, v = (torch.randn(2, 3, t, 8) for _ in range(3))
+        behind = torch.arange(t)[:, None] - torch.arange(t)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=(behind >= 0) & (behind < band))
+        torch.testing.assert_close(llama.band_attention(q, k, v, band, 8 ** -0.5), expected, atol=1e-6, rtol=0)
+
+
 def test_right_padded_batches_take_the_causal_kernel_and_other_masks_the_mask(monkeypatch):
     """rl_vf's training batches (tokens, then padding) run SDPA's causal kernel; a mask with a hole
     (or left padding) keeps the explicit mask. Both match Hugging Face on the real tokens."""

@@ -90,6 +90,36 @@ def test_pretrain_teaches_the_expert_and_train_starts_from_it(tmp_path, capsys):
     assert policy.config.hidden_size == 32
 
 
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_the_warm_start_lr_follows_its_schedule(tmp_path, monkeypatch, schedule):
+    """The lr of each of the warm start's steps (64 demos in minibatches of 32, 2 epochs: 4 steps),
+    as the optimizer holds it when it steps."""
+    rates = []
+    set_lr = pretrain_module.scheduled_lr
+
+    def recording(optimizer, *args):
+        set_lr(optimizer, *args)
+        rates.append(optimizer.param_groups[0]["lr"])
+
+    monkeypatch.setattr(pretrain_module, "scheduled_lr", recording)
+    assert main(["pretrain", "--env", "tests.toy_env:PickThree-v0", "--demos", "64", "--warm-start-epochs", "2",
+                 "--minibatch-size", "32", "--warm-start-lr", "0.004", "--warm-start-lr-schedule", schedule,
+                 "--final-eval-episodes", "4", "--out", str(tmp_path / "warm"), *SMALL]) == 0
+    expected = [0.004, 0.003, 0.002, 0.001] if schedule == "linear" else [0.004] * 4
+    assert rates == pytest.approx(expected)
+
+
+def test_pretrain_at_an_envs_defaults_makes_the_warm_start_train_makes():
+    """`rl-vf pretrain --env ConnectFour-v0` uses the env's warm-start settings (4000 demos, as `train`
+    does); an env without them gets pretrain's own 2000; flags win over both."""
+    from rl_vf.cli import pretrain_config
+
+    connect_four = pretrain_config({}, {"env": "ConnectFour-v0"})
+    assert connect_four.warm_start_demos == 4000 == make_config({"env": "ConnectFour-v0"}).warm_start_demos
+    assert pretrain_config({}, {"env": "TicTacToe-v0"}).warm_start_demos == 2000
+    assert pretrain_config({"env": "ConnectFour-v0"}, {"warm_start_demos": 10}).warm_start_demos == 10
+
+
 def test_the_warm_start_leaves_the_value_function_as_initialised(tmp_path):
     """A critic is fitted only to the returns of the policy being trained (DESIGN.md): the warm start
     trains the LM alone and saves no separate critic (even for a run with one); its value head is
