@@ -152,7 +152,7 @@ def band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, band: int,
     mask[0, :, :band] = False  # the first block has no block before it (those keys are zero padding)
     mask = mask.repeat(heads, 1, 1)
     out = F.scaled_dot_product_attention(q, paired(k), paired(v), attn_mask=mask, scale=scale)
-    return out.view(batch, heads, blocks * band, dim)[:, :, :t]
+    return out.reshape(batch, heads, blocks * band, dim)[:, :, :t]  # (a CUDA kernel returns another memory layout)
 
 
 def right_padded(mask: torch.Tensor) -> bool:
