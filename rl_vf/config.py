@@ -239,7 +239,8 @@ WARM_START_FIELDS = ("env", "env_kwargs", "eval_env_kwargs", "seed", "model", "d
                      "hidden_size", "layers", "heads", "intermediate_size", "attention_window", "lora_rank",
                      "lora_alpha", "gradient_checkpointing", "max_action_tokens", "constrain_actions",
                      "warm_start_demos", "warm_start_expert_prob", "warm_start_epochs", "warm_start_lr",
-                     "warm_start_lr_schedule", "minibatch_size", "update_tokens", "max_grad_norm", "num_envs", "env_threads", "eval_greedy")
+                     "warm_start_lr_schedule", "minibatch_size", "update_tokens", "max_grad_norm", "num_envs",
+                     "env_threads", "eval_greedy")
 
 
 def flag(name: str) -> str:
