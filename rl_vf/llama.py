@@ -127,7 +127,7 @@ def query_mask(mask: torch.Tensor | None, queries: torch.Tensor, columns: int, b
     last ``band`` of them)."""
     if mask is None:
         behind = queries[..., None] - torch.arange(columns, device=queries.device)
-        return ((behind >= 0) & ((behind < band) if band else True))[:, None]
+        return ((behind >= 0) & (behind < (band or columns)))[:, None]
     return rows(mask.expand(len(queries), -1, -1, -1), queries, 2)
 
 
