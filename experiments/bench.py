@@ -98,6 +98,7 @@ SECTIONS = {  # name: what it measures (--help)
     "branches": "continuation tokens/s of the MC value arm (forked KV cache) vs plain rollout tokens/s",
     "launch": "seconds per short run: compare's forked launch vs a fresh `python -m rl_vf train` subprocess",
     "parallel": "training episodes/s of one TicTacToe run as 2 data-parallel processes vs 1 (1 thread each)",
+    "fsdp": "peak RSS per process and training seconds of a 2-process run of a 34M-parameter model, DDP vs FSDP",
 }
 ARITHMETIC = {"op": "add", "digits": 2, "mode": "single"}
 
@@ -133,6 +134,8 @@ class Scale:
     parallel_batch: int = 512  # ... in updates of this many (each of 2 processes plays half)
     branch_episodes: tuple = (("tiny", 64), ("10m", 16))  # KeyToDoor episodes whose every turn is branched
     branch_rollouts: int = 4  # K continuations per turn (vine_rollouts' default)
+    fsdp_model: tuple = ("--hidden-size", "512", "--layers", "8", "--heads", "8", "--intermediate-size", "2048")
+    fsdp_episodes: int = 64  # two updates of this many / 2 TicTacToe episodes
 
 
 FULL = Scale()
@@ -142,7 +145,9 @@ QUICK = Scale(matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, mult
               train_episodes=64, branch_episodes=(("tiny", 2), ("10m", 1)), branch_rollouts=2,
               train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
                           "--eval-every", "0"), chess_episodes=2, launch_runs=1, launch_warmup=0,
-              parallel_episodes=64, parallel_batch=32, scoring_demos=4, scoring_repeats=1)
+              parallel_episodes=64, parallel_batch=32, scoring_demos=4, scoring_repeats=1,
+              fsdp_model=("--hidden-size", "64", "--layers", "2", "--heads", "2", "--intermediate-size", "128"),
+              fsdp_episodes=16)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -612,16 +617,18 @@ def scoring_step_s(demos: int, repeats: int, device: torch.device, threads: int)
     return {k: min(v) for k, v in seconds.items()}
 
 
-def child_peak_rss_mb(cmd: list[str]) -> float:
-    """Peak RSS (MB) of a process running ``cmd``. Linux starts a new process's peak at its parent's (the
-    high-water mark survives fork and exec), and this process holds models by then, so ``cmd`` runs
-    under a small Python process that reports its own child's peak (wait4)."""
+def child_peak_rss_mb(cmd: list[str], env: dict | None = None) -> float:
+    """Peak RSS (MB) of a process running ``cmd`` (with ``env`` added to the environment). Linux starts a
+    new process's peak at its parent's (the high-water mark survives fork and exec), and this process
+    holds models by then, so ``cmd`` runs under a small Python process that reports its own child's
+    peak (wait4)."""
     probe = ("import os, subprocess, sys\n"
              "proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
              "_, status, usage = os.wait4(proc.pid, 0)\n"
              "print(usage.ru_maxrss)\n"  # kB on Linux
              "sys.exit(os.waitstatus_to_exitcode(status))")
-    done = subprocess.run([sys.executable, "-c", probe, *cmd], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", probe, *cmd], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return int(done.stdout.split()[-1]) / 1024
@@ -726,6 +733,42 @@ def bench_parallel(scale: Scale, device: torch.device) -> dict:
     return figures
 
 
+def bench_fsdp(scale: Scale, device: torch.device) -> dict:
+    """The same 2-process TicTacToe ppo run (a larger model, 2 updates) data-parallel (DDP: every process
+    holds the gradients and Adam's state whole) and sharded (``--fsdp``: half of each): the peak RSS of
+    the largest process and the training seconds (the run's ``perf/wall_s``). glibc keeps freed blocks
+    under its mmap threshold (up to 32 MB) in the heap, where RSS goes on counting them; both runs hand
+    blocks over 1 MB back to the system (``MALLOC_MMAP_THRESHOLD_``), so that the peak is close to that
+    of the live tensors (what a GPU's ``max_memory_allocated`` reads). The largest process is the main
+    one, which also gathers the whole optimizer state for the checkpoints (onto the host)."""
+    if device.type == "cuda" and torch.cuda.device_count() < 2:
+        log("fsdp: 2 processes need 2 GPUs and torch sees 1: measured on the CPU")
+        device = torch.device("cpu")
+    flags = ["--env", "TicTacToe-v0", "--total-episodes", str(scale.fsdp_episodes), "--episodes-per-update",
+             str(scale.fsdp_episodes // 2), "--final-eval-episodes", "8", "--eval-every", "0", "--kl-coef", "0",
+             "--update-tokens", "512",  # activations small beside the training state
+             *scale.fsdp_model]
+    figures, rows = {}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, sharded in (("ddp", False), ("fsdp", True)):
+            run_dir = os.path.join(tmp, name)
+            cmd = launch_command(2, fsdp=sharded) + train_cmd(run_dir, device, 1, *flags)[3:]
+            log(f"fsdp: {scale.fsdp_episodes} TicTacToe episodes, 2 processes, {name} ...")
+            peak = child_peak_rss_mb(cmd, {"MALLOC_MMAP_THRESHOLD_": str(2**20)})
+            with open(os.path.join(run_dir, "summary.json")) as f:
+                wall = json.load(f)["perf/wall_s"]
+            figures[f"fsdp_{name}_peak_rss_mb"], figures[f"fsdp_{name}_wall_s"] = peak, wall
+            rows.append([name, peak, wall])
+        policy, _ = load_policy(os.path.join(tmp, "fsdp", "checkpoints", "final"))
+        params = param_count(policy)
+    figures["fsdp_params"] = params
+    figures["fsdp_rss_saved_mb"] = figures["fsdp_ddp_peak_rss_mb"] - figures["fsdp_fsdp_peak_rss_mb"]
+    table(f"9. FSDP vs DDP on {device.type} (2 processes x 1 thread; {params / 1e6:.1f}M parameters, "
+          f"{params * 12 / 2**20:.0f} MB of fp32 gradients and Adam moments in all)",
+          ["sharding", "peak RSS of the largest process, MB", "training wall s"], rows)
+    return figures
+
+
 def binary_policy(size: str, device: torch.device):
     """``build(size)`` restricted to the tokens "0" and "1" (a KeyToDoor move, never invalid)."""
     policy, tokenizer = build(size, device)
@@ -811,7 +854,7 @@ def main(argv=None) -> dict:
                "update": lambda: bench_update(scale, device, args.threads),
                "branches": lambda: bench_branches(scale, device),
                "launch": lambda: bench_launch(scale, device, args.threads),
-               "parallel": lambda: bench_parallel(scale, device)}
+               "parallel": lambda: bench_parallel(scale, device), "fsdp": lambda: bench_fsdp(scale, device)}
     for section in args.sections:
         result, seconds = timed(runners[section], device)
         figures.update(result)

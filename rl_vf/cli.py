@@ -32,6 +32,10 @@ def train_parser(sub) -> None:
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="data-parallel processes on this machine, started through `accelerate launch` (default 1; "
                         "under a launcher of your own: its process count)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the gradients and Adam's state over the processes (torch FSDP2; the weights are "
+                        "gathered whole for rollouts and each step) instead of replicating them (DDP); with "
+                        "--processes N > 1, or under `accelerate launch --use_fsdp`")
     config_flags(p.add_argument_group("run"), MAIN_FLAGS)
     config_flags(p.add_argument_group("every other config key"), [k for k in FIELDS if k not in MAIN_FLAGS])
 
@@ -186,8 +190,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if args.processes < 1:
         raise ConfigError(f"--processes must be >= 1, got {args.processes}")
+    if args.fsdp and max(args.processes, launched) == 1:
+        raise ConfigError("--fsdp shards a run over several processes: add --processes N (N > 1)")
     if args.processes > 1 and launched == 1:
-        return launch_processes(args.processes, args.argv)
+        return launch_processes(args.processes, args.argv, args.fsdp)
     if args.processes > 1 and args.processes != launched:
         raise ConfigError(f"--processes {args.processes}, but the launcher started {launched} processes")
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
@@ -208,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = make_config(file_layer, flags)
         checkpoint = None
-    world = World.from_launch(resolve_device(cfg.device))
+    world = World.from_launch(resolve_device(cfg.device), fsdp=args.fsdp)
     run_dir = world.gather([cfg.out or default_run_dir(cfg)])[0]  # the main process's (a default has the time)
     cfg.out = run_dir
     if cfg.warm_start_demos and not checkpoint:
@@ -400,7 +406,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch_processes(processes: int, argv: list[str]) -> int:
+def launch_processes(processes: int, argv: list[str], fsdp: bool = False) -> int:
     """``rl-vf train --processes N``: the same command as N data-parallel processes (``accelerate
     launch``); waits for them. Ctrl-C reaches them as well, and they stop at a safe point and save."""
     import signal
@@ -408,7 +414,7 @@ def launch_processes(processes: int, argv: list[str]) -> int:
 
     from rl_vf.distributed import launch_command
 
-    proc = subprocess.Popen([*launch_command(processes), *argv])
+    proc = subprocess.Popen([*launch_command(processes, fsdp), *argv])
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return proc.wait()

@@ -1,4 +1,4 @@
-"""Data-parallel training on Hugging Face accelerate (DDP across processes, CPU or GPU).
+"""Training across processes on Hugging Face accelerate (DDP, or sharded by FSDP2; CPU or GPU).
 
 Launched with ``accelerate launch --num_processes N -m rl_vf train ...`` (or ``make train NPROC=N``),
 every process plays its own share of each update's episodes (the 1-process run's reset seeds, split
@@ -16,6 +16,15 @@ that N processes with B episodes each take the step one process takes with N x B
   over processes) and the ``target_kl`` early stop.
 Only the main process logs, evaluates, runs diagnostics and writes checkpoints; the logged episode
 metrics and cost counters are sums over every process.
+
+FSDP (``--fsdp``, or an accelerate config / ``accelerate launch --use_fsdp``): torch's FSDP2
+(``fully_shard``, a unit per transformer layer and one for the rest) shards the parameters, gradients
+and Adam's state over the processes.
+The rollout engine, rl_vf's lean Llama forward and evaluation read the whole model, so the parameters
+are gathered whole after every optimizer step and stay whole until the next one; what FSDP saves is
+the optimizer's two moments and the stored gradients, each process keeping 1/N of them (of full
+fine-tuning's 16 bytes per fp32 parameter, 8 + 8/N stay). Gradients are reduce-scattered instead of
+all-reduced; the update is the same. Checkpoints hold whole tensors, as a 1-process run's do.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import contextlib
 import os
 import socket
 import sys
+import warnings
 
 import torch
 
@@ -30,25 +40,34 @@ from rl_vf.config import ConfigError
 
 
 class World:
-    """The processes of a run: ``rank`` of ``size``; one process unless launched with several."""
+    """The processes of a run: ``rank`` of ``size``; one process unless launched with several.
+    ``fsdp``: the training module is sharded (FSDP2) instead of replicated (DDP)."""
 
-    def __init__(self, accelerator=None):
+    def __init__(self, accelerator=None, fsdp: bool = False):
         self.accelerator = accelerator
         self.rank = accelerator.process_index if accelerator else 0
         self.size = accelerator.num_processes if accelerator else 1
+        self.fsdp = fsdp and self.size > 1
 
     @classmethod
-    def from_launch(cls, device: torch.device) -> "World":
-        """The processes a launcher started (``WORLD_SIZE`` > 1: ``accelerate launch``, torchrun), else one.
-        A launch that asks for FSDP or DeepSpeed is refused: accelerate would otherwise fall back to DDP
-        on CPUs without a word (measured), and rl_vf does not shard yet."""
-        for engine, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
-            if os.environ.get(variable, "").lower() in ("true", "1", "yes"):
-                raise ConfigError(
-                    f"this launch asks for {engine} ({variable}={os.environ[variable]}), which rl_vf does not support "
-                    f"yet: every process holds the whole model for its rollouts. Launch plain data-parallel (DDP: "
-                    f"`accelerate launch --multi_gpu`, or an accelerate config without {engine}); for a model that "
-                    f"does not fit, train LoRA adapters (--lora-rank) with --gradient-checkpointing")
+    def from_launch(cls, device: torch.device, fsdp: bool = False) -> "World":
+        """The processes a launcher started (``WORLD_SIZE`` > 1: ``accelerate launch``, torchrun), else one;
+        sharded with ``fsdp`` or when the launch asks for FSDP. DeepSpeed is refused (accelerate would
+        fall back to DDP on CPUs without a word: measured), and so are FSDP settings rl_vf cannot honour."""
+        if flag("ACCELERATE_USE_DEEPSPEED"):
+            raise ConfigError(
+                f"this launch asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED={os.environ['ACCELERATE_USE_DEEPSPEED']}), "
+                f"which rl_vf does not support. Launch data-parallel (DDP: `accelerate launch --multi_gpu`) or "
+                f"sharded with FSDP (`rl-vf train --fsdp`, `accelerate launch --use_fsdp`)")
+        fsdp = fsdp or flag("ACCELERATE_USE_FSDP")
+        if fsdp and flag("FSDP_OFFLOAD_PARAMS"):
+            raise ConfigError("this launch asks FSDP to offload parameters to the CPU (FSDP_OFFLOAD_PARAMS=true), which "
+                              "rl_vf does not do: its rollouts read the whole model on the device. Set "
+                              "fsdp_offload_params: false in the accelerate config")
+        # rl_vf shards the model itself (``wrap``), so accelerate must not: its FSDP wraps each layer,
+        # whose forward rl_vf's lean one goes around, and refuses CPUs; and transformers, seeing the
+        # switch, would load a checkpoint's weights into the main process alone.
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -56,7 +75,7 @@ class World:
         # Some parameters take no gradient in some arms (the policy's own value head next to a separate
         # critic, or without a critic at all), so DDP must not wait for them.
         return cls(Accelerator(cpu=device.type == "cpu",
-                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]))
+                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)]), fsdp)
 
     @property
     def is_main(self) -> bool:
@@ -71,12 +90,112 @@ class World:
         return torch.device("cpu") if device.type == "cpu" else device  # not "cpu:0": torch.load refuses it
 
     def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """``module`` behind DDP (its forward all-reduces the gradients in the backward)."""
+        """``module`` behind DDP (its forward all-reduces the gradients in the backward), or sharded by
+        FSDP2 (its backward reduce-scatters them). Under FSDP the parameters are the shards until
+        ``sharded`` ends: make the optimizer inside it."""
+        if self.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            # A unit per transformer layer (the classes a Hugging Face model names in _no_split_modules)
+            # and one for the rest: the gradients are reduce-scattered a layer at a time, so the buffers
+            # that takes are a layer's, not the model's. Whole from one step to the next: the parts of a
+            # minibatch are as many as each process's own episodes need, so a gather per part would not
+            # pair up across processes.
+            mesh = init_device_mesh(self.device.type, (self.size,))
+            layers = {name for m in module.modules() for name in getattr(m, "_no_split_modules", None) or ()}
+            for sub in [m for m in module.modules() if type(m).__name__ in layers]:
+                fully_shard(sub, mesh=mesh, reshard_after_forward=False)
+            module = fully_shard(module, mesh=mesh, reshard_after_forward=False)
+            module.set_reshard_after_backward(False)  # every unit's
+            # FSDP2 warns that the scores are views, whose in-place change would skip the gather before
+            # the backward; the learner changes none, and the parameters stay whole through it anyway.
+            warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPScorer\) returned a view tensor")
+            return module
         return self.accelerator.prepare_model(module) if self.accelerator else module
 
+    @contextlib.contextmanager
+    def sharded(self, module: torch.nn.Module):
+        """Under FSDP, ``module``'s parameters are its shards inside (the optimizer's parameters, which
+        hold the reduce-scattered gradients: clip and step here) and whole again after, gathered from
+        the shards' new values (the rollouts, scoring, evaluation and checkpoints read them); without
+        FSDP nothing changes."""
+        if not self.fsdp:
+            yield
+            return
+        for unit in units(module):
+            unit.reshard()
+        yield
+        for unit in units(module):
+            unit.unshard()
+
+    @contextlib.contextmanager
     def no_sync(self, module: torch.nn.Module):
         """Accumulate gradients locally (the parts of a minibatch before its last)."""
-        return self.accelerator.no_sync(module) if self.accelerator else contextlib.nullcontext()
+        if self.fsdp:
+            module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                module.set_requires_gradient_sync(True)
+        else:
+            with self.accelerator.no_sync(module) if self.accelerator else contextlib.nullcontext():
+                yield
+
+    def load_parameters(self, module: torch.nn.Module, state: dict) -> None:
+        """``load_state_dict(state)`` into the module that ``wrap`` returned ``module`` for, from whole
+        tensors (a checkpoint's); under FSDP every process keeps its shards of them, and the parameters
+        are whole again afterwards."""
+        if not self.fsdp:
+            (self.accelerator.unwrap_model(module) if self.accelerator else module).load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        with self.sharded(module):
+            set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+
+    def whole_state(self, module: torch.nn.Module) -> dict | None:
+        """Under FSDP, the ``state_dict`` of the module given to ``wrap`` with whole tensors, on the main
+        process's CPU (every process calls it: it gathers the shards; FSDP2 swaps the shards in for any
+        ``state_dict``, so the parameters are gathered whole again after). None without FSDP: the
+        module's own ``state_dict`` is whole."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        for unit in units(module):
+            unit.unshard()
+        return state
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """``optimizer.state_dict()`` with whole tensors, for the main process to save (every process
+        calls it: under FSDP it gathers the shards one tensor at a time, and only the main process
+        keeps them, on the CPU; the others' dict holds None in their place)."""
+        state = optimizer.state_dict()
+        if self.fsdp:
+            from torch.distributed.tensor import DTensor
+
+            def whole(tensor: DTensor) -> torch.Tensor | None:
+                gathered = tensor.full_tensor()  # a collective: every process takes part
+                return gathered.cpu() if self.is_main else None
+
+            state["state"] = {i: {k: whole(v) if isinstance(v, DTensor) else v for k, v in s.items()}
+                              for i, s in sorted(state["state"].items())}
+        return state
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """``optimizer.load_state_dict`` of ``optimizer_state``'s whole tensors; under FSDP each process
+        keeps the rows of each tensor that its shard of the parameter holds."""
+        if self.fsdp:
+            from torch.distributed.tensor import distribute_tensor
+
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            state = {**state, "state": {
+                i: {k: distribute_tensor(v.to(params[i].device), params[i].device_mesh, params[i].placements,
+                                         src_data_rank=None) if v.shape == params[i].shape else v  # not Adam's step
+                    for k, v in s.items()} for i, s in state["state"].items()}}
+        optimizer.load_state_dict(state)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over every process."""
@@ -127,14 +246,27 @@ class Scorer(torch.nn.Module):
         return self.policy.score(*args, **kwargs)
 
 
-def launch_command(processes: int) -> list[str]:
+def units(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The FSDP units in ``module`` (``World.wrap``'s: each layer's and the root's)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def flag(variable: str) -> bool:
+    """Whether the launcher switched ``variable`` (accelerate's ``ACCELERATE_USE_...``) on."""
+    return os.environ.get(variable, "").lower() in ("true", "1", "yes")
+
+
+def launch_command(processes: int, fsdp: bool = False) -> list[str]:
     """The command line that starts ``python -m rl_vf ...`` as ``processes`` data-parallel processes
     (``accelerate launch``; torchrun underneath, gloo on the CPU), on a free port so that several
     such runs can start side by side; append ``rl_vf``'s arguments."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    return [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp" if fsdp else "--multi_gpu",
+            "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(port), "-m", "rl_vf"]
 

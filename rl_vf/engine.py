@@ -260,8 +260,11 @@ class RolloutEngine:
         # between); on the CPU it costs nothing, so every token.
         self.sync_every = sync_every or (1 if self.device.type == "cpu" else 8)
         # Decode tokens with a fixed-shape step (_StaticDecode), replayed as a CUDA graph on a GPU;
-        # default: on CUDA only (on the CPU it runs eagerly, for tests, and attends over spare columns).
-        self.static_decode = self.device.type == "cuda" if static_decode is None else static_decode
+        # default: on CUDA only (on the CPU it runs eagerly, for tests, and attends over spare columns),
+        # and only while the weights stay where a graph was captured reading them.
+        if static_decode is None:
+            static_decode = self.device.type == "cuda" and policy.weights_stay_put
+        self.static_decode = static_decode
         self._static: dict[tuple, _StaticDecode] = {}
         self.stop = stop_token_mask(tokenizer).to(self.device)
         self.pad_id = tokenizer.pad_token_id

@@ -13,9 +13,10 @@ from rl_vf import lora
 from rl_vf.advantages import returns_to_go
 from rl_vf.algos.losses import kl_to_reference, masked_mean, policy_loss, whiten
 from rl_vf.algos.reinforce import Reinforce
-from rl_vf.config import TrainConfig
+from rl_vf.config import ConfigError, TrainConfig
 from rl_vf.distributed import Scorer, World
 from rl_vf.engine import RolloutBatch
+from rl_vf.policy import substate
 
 
 OUTCOME_ONLY = Reinforce()  # the policy's advantages while the critic warms up
@@ -57,14 +58,19 @@ class Learner:
     def __init__(self, policy, cfg: TrainConfig, device: torch.device, generator: torch.Generator,
                  world: World | None = None):
         self.policy, self.cfg, self.device, self.generator = policy, cfg, device, generator
-        self.world = world or World()
-        self.scorer = self.world.wrap(Scorer(policy))  # the training forward, behind DDP
-        self.minibatch_size = cfg.minibatch_size // self.world.size
+        self.world = world = world or World()
+        if world.fsdp and policy.lora is not None:
+            raise ConfigError("--fsdp with --lora-rank: only the adapters train, so their optimizer state is small "
+                              "and FSDP would save next to nothing; train LoRA data-parallel (without --fsdp)")
+        self.minibatch_size = cfg.minibatch_size // world.size
         self.reference = None
         if cfg.kl_coef > 0 and policy.lora is None:  # with LoRA the reference is the policy with its adapters off
             self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
             self.reference.critic = None  # only its logprobs are read
-        self.optimizer = adam(policy, cfg.lr, critic_lr=cfg.critic_lr)
+        self.scorer = world.wrap(Scorer(policy))  # the training forward, behind DDP or sharded by FSDP
+        with world.sharded(self.scorer):
+            self.optimizer = adam(policy, cfg.lr, critic_lr=cfg.critic_lr)
+        policy.weights_stay_put = not world.fsdp
         self.warmup_left = cfg.critic_warmup_updates
 
     def set_lr(self, update: int, total_updates: int) -> None:
@@ -72,17 +78,28 @@ class Learner:
         scheduled_lr(self.optimizer, self.cfg.lr_schedule, update, total_updates)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "warmup_left": self.warmup_left,
+        """Every process calls it (under FSDP the optimizer's state is gathered whole)."""
+        return {"optimizer": self.world.optimizer_state(self.optimizer), "warmup_left": self.warmup_left,
                 "reference": self.reference.state_dict() if self.reference is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         rates = [group["base_lr"] for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.world.load_optimizer_state(self.optimizer, state["optimizer"])
         for group, rate in zip(self.optimizer.param_groups, rates):  # the config's (--lr on a resume)
             group["base_lr"] = rate
         self.warmup_left = state.get("warmup_left", 0)  # checkpoints from before the adaptive warm-up
         if self.reference is not None and state["reference"] is not None:
             self.reference.load_state_dict(state["reference"])
+
+    def load_policy(self, state: dict) -> None:
+        """The policy's parameters from whole tensors (a checkpoint's ``state_dict``)."""
+        self.world.load_parameters(self.scorer, {f"policy.{k}": v for k, v in state.items()})
+
+    def policy_state(self) -> dict | None:
+        """What ``Policy.save_pretrained`` writes: the policy's whole ``state_dict`` gathered from the
+        shards under FSDP (every process calls it), else None (the policy's own)."""
+        state = self.world.whole_state(self.scorer)
+        return None if state is None else substate(state, "policy.")
 
     def update(self, batch: RolloutBatch, algo, values: torch.Tensor | None = None) -> Update:
         """One update on ``batch``: ``cfg.epochs`` passes of minibatch steps on ``algo``'s loss.
@@ -143,8 +160,9 @@ class Learner:
                 # leave the others waiting at their next all-reduce.
                 if world.agree(nonfinite is not None):
                     raise NonFiniteLoss(nonfinite or {})
-                clip_gradients(policy, cfg.max_grad_norm)
-                self.optimizer.step()
+                with world.sharded(self.scorer):
+                    clip_gradients(policy, cfg.max_grad_norm)
+                    self.optimizer.step()
                 for k, v in step_terms.items():
                     totals[k] = totals.get(k, 0.0) + v
                 epoch_kl.append(step_terms["ppo/approx_kl"])

@@ -46,9 +46,10 @@ def adapters_off(module: nn.Module):
             layer.enable_adapters(True)
 
 
-def save(lm: nn.Module, path: str, base: str, rank: int, alpha: float) -> None:
-    """The adapters' weights and what rebuilds the model around them: the base folder, rank and alpha."""
-    save_file({k: v.contiguous() for k, v in lm.state_dict().items() if "lora_" in k}, os.path.join(path, ADAPTER_FILE))
+def save(state: dict, path: str, base: str, rank: int, alpha: float) -> None:
+    """The adapters' weights out of the LM's ``state`` and what rebuilds the model around them: the
+    base folder, rank and alpha."""
+    save_file({k: v.contiguous() for k, v in state.items() if "lora_" in k}, os.path.join(path, ADAPTER_FILE))
     with open(os.path.join(path, LORA_FILE), "w") as f:
         json.dump({"base": base, "rank": rank, "alpha": alpha}, f, indent=2)
 

@@ -63,8 +63,14 @@ def head_values(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     return head(hidden).squeeze(-1).float()
 
 
-def save_value_head(head: nn.Linear, path: str) -> None:
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, os.path.join(path, VALUE_HEAD_FILE))
+def save_value_head(head: nn.Linear, path: str, state: dict | None = None) -> None:
+    state = head.state_dict() if state is None else state
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, VALUE_HEAD_FILE))
+
+
+def substate(state: dict, prefix: str) -> dict:
+    """The entries of ``state`` under ``prefix`` (a submodule's ``state_dict`` out of its parent's)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class Critic(nn.Module):
@@ -89,9 +95,10 @@ class Critic(nn.Module):
         head.load_state_dict(load_file(os.path.join(path, VALUE_HEAD_FILE)))
         return cls(trunk, head)
 
-    def save_pretrained(self, path: str) -> None:
-        self.trunk.save_pretrained(path)
-        save_value_head(self.value_head, path)
+    def save_pretrained(self, path: str, state: dict | None = None) -> None:
+        state = self.state_dict() if state is None else state
+        self.trunk.save_pretrained(path, state_dict=substate(state, "trunk."))
+        save_value_head(self.value_head, path, substate(state, "value_head."))
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
                 queries: torch.Tensor | None = None, window: int = 0) -> torch.Tensor:
@@ -219,6 +226,9 @@ class Policy(nn.Module):
         self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 (config precision); None: fp32
         # With LoRA adapters on ``lm`` (rl_vf.lora): the base model's folder and the adapters' rank and alpha.
         self.lora: dict | None = None
+        # False once FSDP gathers the weights into fresh memory after every step (rl_vf.distributed):
+        # a CUDA graph reads them at the addresses it was captured with, so decoding goes without graphs.
+        self.weights_stay_put = True
 
     def autocast(self, device: torch.device):
         """The mixed-precision context of every forward pass (disabled when ``autocast_dtype`` is None)."""
@@ -368,17 +378,20 @@ class Policy(nn.Module):
         lora.add_adapters(self.lm, rank, alpha, seed)
         self.lora = {"base": os.path.abspath(base), "rank": rank, "alpha": alpha}
 
-    def save_pretrained(self, path: str, tokenizer=None) -> None:
-        """The LM (with LoRA: its config, adapters and base folder), value head, critic and tokenizer."""
+    def save_pretrained(self, path: str, tokenizer=None, state: dict | None = None) -> None:
+        """The LM (with LoRA: its config, adapters and base folder), value head, critic and tokenizer.
+        ``state``: the whole ``state_dict`` to write (FSDP's, gathered: ``Learner.policy_state``), else
+        the policy's own."""
+        state = self.state_dict() if state is None else state
         if self.lora is not None:
             os.makedirs(path, exist_ok=True)
             self.lm.config.save_pretrained(path)
-            lora.save(self.lm, path, **self.lora)
+            lora.save(substate(state, "lm."), path, **self.lora)
         else:
-            self.lm.save_pretrained(path)
-        save_value_head(self.value_head, path)
+            self.lm.save_pretrained(path, state_dict=substate(state, "lm."))
+        save_value_head(self.value_head, path, substate(state, "value_head."))
         if self.critic is not None:
-            self.critic.save_pretrained(os.path.join(path, CRITIC_DIR))
+            self.critic.save_pretrained(os.path.join(path, CRITIC_DIR), substate(state, "critic."))
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
 

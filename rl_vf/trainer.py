@@ -75,9 +75,11 @@ class Trainer:
                            self.generator, branching=self.algo.uses_branches, shard=(world.rank, world.size))
         if world.is_main:
             rows = min(cfg.num_envs, cfg.episodes_per_update // world.size)
-            m = memory_estimate(self.policy, cfg, rows)
+            shards = world.size if world.fsdp else 1
+            m = memory_estimate(self.policy, cfg, rows, shards)
+            sharded = f" (1/{shards} of each, FSDP)" if shards > 1 else ""
             print(f"memory estimate (MB per process): weights {m['weights']:.1f}, gradients {m['gradients']:.1f}, Adam "
-                  f"{m['adam']:.1f}, KL reference {m['reference']:.1f}; rollout KV cache {m['kv_cache_per_1k_tokens']:.1f} "
+                  f"{m['adam']:.1f}{sharded}, KL reference {m['reference']:.1f}; rollout KV cache {m['kv_cache_per_1k_tokens']:.1f} "
                   f"per 1,000 tokens of context ({rows} episodes at once); activations come on top (bounded by "
                   f"update_tokens; less with --gradient-checkpointing)", file=sys.stderr)
         self.update_idx = 0
@@ -96,13 +98,14 @@ class Trainer:
         """Every process calls it (each hands in its generator); the main process writes."""
         path = self.checkpoint_dir(name or f"update_{self.update_idx:06d}")
         generators = self.world.gather([self.generator.get_state()])
+        learner, policy = self.learner.state_dict(), self.learner.policy_state()
         if not self.world.is_main:
             return path
         os.makedirs(path, exist_ok=True)
-        self.policy.save_pretrained(path, self.tokenizer)
+        self.policy.save_pretrained(path, self.tokenizer, policy)
         torch.save({
             "update": self.update_idx, "episodes": self.episodes_done, "wall_s": self.wall_s, "counters": self.counters,
-            "generators": generators, **self.learner.state_dict(),
+            "generators": generators, **learner,
         }, os.path.join(path, STATE_FILE))
         if name is None:
             old = sorted(d for d in os.listdir(os.path.dirname(path)) if d.startswith("update_"))
@@ -112,7 +115,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         policy, _ = load_policy(path)
-        self.policy.load_state_dict(policy.state_dict())
+        self.learner.load_policy(policy.state_dict())
         state = torch.load(os.path.join(path, STATE_FILE), map_location=self.device, weights_only=False)
         self.learner.load_state_dict(state)
         generators = state.get("generators") or [state["generator"]]  # checkpoints from before data-parallel runs
@@ -256,13 +259,14 @@ class Trainer:
         long before the sampled one does), the final policy, summary.json and a few eval transcripts;
         on the main process (None elsewhere)."""
         cfg = self.cfg
+        policy = self.learner.policy_state()
         if not self.world.is_main:
             return None
         metrics, episodes = self.actor.evaluate(cfg.final_eval_episodes)
         sampled = self.actor.evaluate(cfg.final_eval_episodes, greedy=False)[0] if cfg.eval_greedy else metrics
         metrics.update({f"{k}_sampled": sampled[k] for k in ("eval/success_rate", "eval/return_mean") if k in sampled})
         final = self.checkpoint_dir("final")
-        self.policy.save_pretrained(final, self.tokenizer)
+        self.policy.save_pretrained(final, self.tokenizer, policy)
         summary = {
             "env": cfg.env, "algo": cfg.algo, "seed": cfg.seed, "updates": self.update_idx,
             "train/episodes": self.episodes_done, "perf/wall_s": self.wall_s,
@@ -282,13 +286,15 @@ class Trainer:
         self.actor.close()
 
 
-def memory_estimate(policy, cfg: TrainConfig, rows: int) -> dict[str, float]:
+def memory_estimate(policy, cfg: TrainConfig, rows: int, shards: int = 1) -> dict[str, float]:
     """What a run holds in memory before activations, in MB per process: the weights (policy LM, its
-    value head and a separate critic), their gradients and Adam's two moments (fp32), the KL
-    reference's copy, and the rollout KV cache per 1,000 tokens of context for ``rows`` episodes at once."""
+    value head and a separate critic), their gradients and Adam's two moments (fp32; each process keeps
+    1/``shards`` of them under FSDP, though a backward holds the gradients whole until they are
+    reduce-scattered), the KL reference's copy, and the rollout KV cache per 1,000 tokens of context
+    for ``rows`` episodes at once."""
     mb = 2.0**-20
     weights = sum(p.numel() * p.element_size() for p in policy.parameters())
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad) * 4
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad) * 4 / shards
     config = policy.lm.config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

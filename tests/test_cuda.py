@@ -148,3 +148,17 @@ def test_lora_and_gradient_checkpointing_train_a_step_on_cuda(tmp_path):
         assert all(torch.isfinite(torch.tensor(v)) for k, v in stats.items() if k.startswith("loss/"))
         moved = {n for n, p in t.policy.named_parameters() if not torch.equal(p, before[n])}
         assert moved and ("lora_rank" not in extra or all("lora_" in n or "value_head" in n for n in moved))
+
+
+def test_no_cuda_graphs_while_fsdp_gathers_the_weights_into_new_memory(cuda_policy):
+    """Under FSDP (rl_vf.distributed) the whole weights are gathered anew after every step, into memory
+    a captured graph would not read: the engine decodes without graphs then."""
+    policy, tok = cuda_policy
+    try:
+        policy.weights_stay_put = False
+        engine = RolloutEngine(policy, tok, CountingEnv, num_envs=4, max_action_tokens=5, device=CUDA)
+        assert not engine.static_decode and not engine._static
+        episodes = engine.collect(range(8), torch.Generator(device=CUDA).manual_seed(1))
+        assert assert_matches_recompute(policy, tok, episodes, atol=1e-4).sum() > 10
+    finally:
+        policy.weights_stay_put = True

@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from rl_vf.cli import main
-from rl_vf.config import make_config
-from rl_vf.distributed import World
+from rl_vf.config import ConfigError, make_config
+from rl_vf.distributed import World, units
 from rl_vf.engine import RolloutBatch
 from rl_vf.policy import load_policy
 from rl_vf.trainer import Trainer
@@ -28,10 +28,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join_world(rank: int, size: int, port: int) -> World:
-    """What a launcher (accelerate launch, torchrun) sets up for process ``rank``."""
+def join_world(rank: int, size: int, port: int, fsdp: bool = False) -> World:
+    """What a launcher (accelerate launch, torchrun; ``--use_fsdp``) sets up for process ``rank``."""
     os.environ.update(OMP_NUM_THREADS="1", WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+                      MASTER_PORT=str(port), ACCELERATE_USE_FSDP=str(fsdp).lower())
     return World.from_launch(torch.device("cpu"))
 
 
@@ -62,29 +62,44 @@ def one_update(world: World, algo: str, folder: str, rank_rows: slice) -> dict:
     t = Trainer(make_config(update_config(algo, len(episodes))), os.path.join(folder, f"r{world.rank}"), world)
     batch = RolloutBatch.from_episodes(episodes[rank_rows], t.tokenizer.pad_token_id)
     result = t.update(batch)
-    return {"stats": result.stats,
-            "grads": {n: p.grad.clone() for n, p in t.policy.named_parameters() if p.grad is not None},
+    # The gradients the optimizer stepped with (under FSDP its parameters are the shards: gathered whole).
+    stepped = [p for group in t.learner.optimizer.param_groups for p in group["params"]]
+    grads = [p.grad.full_tensor() if world.fsdp else p.grad for p in stepped if p.grad is not None]
+    moments = [t.learner.optimizer.state[p]["exp_avg"] for p in stepped if p in t.learner.optimizer.state]
+    if world.fsdp:  # a unit per transformer layer (the policy LM's, the critic's) and the root
+        layers = sum(1 for m in t.policy.modules() if type(m).__name__ == "LlamaDecoderLayer")
+        assert len(units(t.learner.scorer)) == layers + 1 and layers >= 1
+    return {"stats": result.stats, "grads": [g.clone() for g in grads],
+            "moments_held": sum((m.to_local() if world.fsdp else m).numel() for m in moments),
+            "moments": sum(m.numel() for m in moments),
             "params": {n: p.detach().clone() for n, p in t.policy.named_parameters()}}
 
 
-def update_worker(rank, size, port, algo, folder):
-    world = join_world(rank, size, port)
+def update_worker(rank, size, port, algo, folder, fsdp):
+    world = join_world(rank, size, port, fsdp)
+    assert world.fsdp == fsdp
     share = 16 // size
     out = one_update(world, algo, folder, slice(rank * share, (rank + 1) * share))
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
-@pytest.mark.parametrize("algo", ["ppo", "reinforce"])
-def test_two_process_update_equals_one_process_update_on_the_same_episodes(tmp_path, algo):
+@pytest.mark.parametrize("algo,fsdp", [("ppo", False), ("reinforce", False), ("ppo", True), ("reinforce", True)])
+def test_two_process_update_equals_one_process_update_on_the_same_episodes(tmp_path, algo, fsdp):
     t = Trainer(make_config(update_config(algo, 16)), str(tmp_path / "collect"))
     episodes, _ = t.collect_batch()
     torch.save(episodes, tmp_path / "episodes.pt")
     single = one_update(World(), algo, str(tmp_path), slice(0, 16))
-    assert spawn(update_worker, algo, str(tmp_path)) == [0, 0]
+    assert spawn(update_worker, algo, str(tmp_path), fsdp) == [0, 0]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    for name, grad in single["grads"].items():
-        for r in ranks:
-            torch.testing.assert_close(r["grads"][name], grad, rtol=1e-5, atol=1e-5, msg=name)
+    held = [r["moments_held"] for r in ranks]
+    if fsdp:  # each process keeps its share of Adam's state (each tensor's rows split in two)
+        assert sum(held) == single["moments"] and max(held) < 0.6 * single["moments"]
+    else:
+        assert held == [single["moments"]] * 2
+    for r in ranks:
+        assert len(r["grads"]) == len(single["grads"])
+        for i, grad in enumerate(single["grads"]):
+            torch.testing.assert_close(r["grads"][i], grad, rtol=1e-5, atol=1e-5, msg=f"parameter {i}")
     for name, value in single["params"].items():
         assert torch.equal(ranks[0]["params"][name], ranks[1]["params"][name]), name  # ranks identical
         torch.testing.assert_close(ranks[0]["params"][name], value, rtol=1e-5, atol=1e-5, msg=name)
@@ -100,10 +115,10 @@ def train_args(out, episodes: int) -> list[str]:
             *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]
 
 
-def train_worker(rank, size, port, argv, kill_at):
+def train_worker(rank, size, port, argv, kill_at, fsdp=False):
     """``rl-vf train`` in process ``rank``; after every update it records a checksum of its parameters
     (``kill_at``: process 1 dies there, as a killed process would)."""
-    join_world(rank, size, port)
+    join_world(rank, size, port, fsdp)
     real = Trainer.train_one
     sums = []
 
@@ -128,10 +143,11 @@ def rows(run) -> list[dict]:
                 for line in f]
 
 
-def test_two_process_run_keeps_ranks_identical_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True])
+def test_two_process_run_keeps_ranks_identical_and_resumes_exactly(tmp_path, fsdp):
     straight, split = tmp_path / "straight", tmp_path / "split"
     for argv in (train_args(straight, 64), train_args(split, 32), ["train", "--resume", str(split), "--total-episodes", "64"]):
-        assert spawn(train_worker, argv, None) == [0, 0]
+        assert spawn(train_worker, argv, None, fsdp) == [0, 0]
     done = [json.loads((straight / f"rank{r}.json").read_text()) for r in range(2)]
     assert [d["code"] for d in done] == [0, 0] and len(done[0]["sums"]) == 4
     assert done[0]["sums"] == done[1]["sums"]  # every rank holds the same parameters after every update
@@ -196,21 +212,59 @@ def test_a_batch_plan_the_processes_cannot_share_is_refused(tmp_path, capfd):
     assert "with 2 processes (x group_size 4), episodes_per_update 12 is not a multiple of 8" in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_a_launch_that_asks_for_sharding_is_refused_not_run_as_ddp(tmp_path, capsys, monkeypatch, variable):
-    # What `accelerate launch --use_fsdp` / `--use_deepspeed` sets; on CPUs accelerate would run plain DDP.
-    monkeypatch.setenv(variable, "true")
+@pytest.mark.parametrize("variables,says", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "this launch asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED=true)"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"}, "offload parameters to the CPU (FSDP_OFFLOAD_PARAMS=true)"),
+])
+def test_a_launch_that_asks_for_what_rl_vf_cannot_do_is_refused_not_run_as_ddp(tmp_path, capsys, monkeypatch,
+                                                                                variables, says):
+    # What `accelerate launch --use_deepspeed` / an FSDP config with offload sets; on CPUs accelerate
+    # would run plain DDP.
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(train_args(tmp_path / "run", 8)) == 2
-    err = capsys.readouterr().err
-    assert f"this launch asks for {'FSDP' if 'FSDP' in variable else 'DeepSpeed'} ({variable}=true)" in err
-    assert "--lora-rank" in err and not (tmp_path / "run").exists()
+    assert says in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_fsdp_needs_several_processes_and_full_fine_tuning(tmp_path, capsys):
+    assert main(train_args(tmp_path / "run", 8) + ["--fsdp"]) == 2
+    assert "--fsdp shards a run over several processes: add --processes N" in capsys.readouterr().err
+    world = World()
+    world.fsdp = True  # what 2 launched processes with --fsdp make; refused before anything is sharded
+    with pytest.raises(ConfigError, match="--fsdp with --lora-rank"):
+        Trainer(make_config({"env": "TicTacToe-v0", "lora_rank": 4, **SMALL}), str(tmp_path / "lora"), world)
 
 
 def test_processes_that_differ_from_the_launch_are_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert main(train_args(tmp_path / "run", 8) + ["--processes", "2"]) == 2
     assert "--processes 2, but the launcher started 4 processes" in capsys.readouterr().err
+
+
+def test_fsdp_through_accelerate_launch_trains_as_ddp_does_and_saves_whole_tensors(tmp_path):
+    """`rl-vf train --processes 2 --fsdp` (`accelerate launch --use_fsdp`, which alone would make
+    accelerate's own FSDP refuse CPUs) beside the same run as DDP: the same metrics (the same updates,
+    reduce-scattered instead of all-reduced), and a final checkpoint of whole tensors that one
+    process loads, equal to DDP's."""
+    runs = {}
+    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
+        runs[name] = tmp_path / name
+        argv = train_args(runs[name], 32) + ["--processes", "2", *extra]
+        done = subprocess.run([sys.executable, "-m", "rl_vf", *argv], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "Adam" in done.stderr and "(1/2 of each, FSDP)" in done.stderr  # the memory estimate says so
+    ddp, fsdp = rows(runs["ddp"]), rows(runs["fsdp"])
+    assert len(fsdp) == 2 and fsdp[-1]["train/episodes"] == 32
+    for a, b in zip(ddp, fsdp):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    policies = [load_policy(str(runs[name] / "checkpoints" / "final"))[0].state_dict() for name in ("ddp", "fsdp")]
+    assert policies[0].keys() == policies[1].keys()
+    for key, value in policies[0].items():
+        torch.testing.assert_close(policies[1][key], value, rtol=1e-4, atol=1e-6, msg=key)
 
 
 def test_compare_runs_each_run_as_two_processes_through_accelerate_launch(tmp_path):

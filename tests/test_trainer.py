@@ -173,3 +173,6 @@ def test_memory_estimate_by_hand():
     assert m["weights"] == pytest.approx(weights) and m["gradients"] == pytest.approx(weights)
     assert m["adam"] == pytest.approx(2 * weights) and 0 < m["reference"] < weights
     assert memory_estimate(policy, make_config({"kl_coef": 0.0}), rows=8)["reference"] == 0.0
+    sharded = memory_estimate(policy, make_config({"kl_coef": 0.1}), rows=8, shards=4)  # FSDP over 4 processes
+    assert sharded["gradients"] == pytest.approx(weights / 4) and sharded["adam"] == pytest.approx(weights / 2)
+    assert sharded["weights"] == pytest.approx(weights)  # gathered whole for the rollouts
