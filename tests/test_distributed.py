@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 
 from rl_vf.cli import main
 from rl_vf.config import ConfigError, make_config
@@ -28,10 +29,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join_world(rank: int, size: int, port: int, fsdp: bool = False) -> World:
-    """What a launcher (accelerate launch, torchrun; ``--use_fsdp``) sets up for process ``rank``."""
+def launched(rank: int, size: int, port: int, fsdp: bool = False) -> None:
+    """The environment a launcher (accelerate launch, torchrun; ``--use_fsdp``) gives process ``rank``."""
     os.environ.update(OMP_NUM_THREADS="1", WORLD_SIZE=str(size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), ACCELERATE_USE_FSDP=str(fsdp).lower())
+
+
+def join_world(rank: int, size: int, port: int, fsdp: bool = False) -> World:
+    launched(rank, size, port, fsdp)
     return World.from_launch(torch.device("cpu"))
 
 
@@ -117,23 +122,27 @@ def train_args(out, episodes: int) -> list[str]:
 
 def train_worker(rank, size, port, argv, kill_at, fsdp=False):
     """``rl-vf train`` in process ``rank``; after every update it records a checksum of its parameters
-    (``kill_at``: process 1 dies there, as a killed process would)."""
-    join_world(rank, size, port, fsdp)
+    (``kill_at``: process 1 dies there, as a killed process would) and the share of Adam's moments it
+    holds (all of them, or under FSDP its rows)."""
+    launched(rank, size, port, fsdp)
     real = Trainer.train_one
-    sums = []
+    sums, held = [], []
 
     def recorded(self, *args):
         if rank == 1 and self.update_idx == kill_at:
             os._exit(9)
         real(self, *args)
         sums.append([float(p.detach().double().sum()) for p in self.policy.parameters()])
+        moments = [s["exp_avg"] for s in self.learner.optimizer.state.values()]
+        held.append(sum((m.to_local() if isinstance(m, DTensor) else m).numel() for m in moments) /
+                    sum(m.numel() for m in moments))
 
     Trainer.train_one = recorded
     code = main(argv)
     out = argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--resume") + 1]
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-        json.dump({"code": code, "sums": sums}, f)
+        json.dump({"code": code, "sums": sums, "held": held}, f)
 
 
 def rows(run) -> list[dict]:
@@ -151,6 +160,9 @@ def test_two_process_run_keeps_ranks_identical_and_resumes_exactly(tmp_path, fsd
     done = [json.loads((straight / f"rank{r}.json").read_text()) for r in range(2)]
     assert [d["code"] for d in done] == [0, 0] and len(done[0]["sums"]) == 4
     assert done[0]["sums"] == done[1]["sums"]  # every rank holds the same parameters after every update
+    resumed = json.loads((split / "rank0.json").read_text())["held"]  # the resumed updates'
+    # Under FSDP each process holds about half of Adam's moments, also after resuming.
+    assert all((0.4 < h < 0.6) if fsdp else h == 1 for h in done[0]["held"] + resumed) and len(resumed) == 2
     assert rows(straight) == rows(split) and rows(straight)[-1]["train/episodes"] == 64
     state = [torch.load(run / "checkpoints" / "update_000004" / "trainer_state.pt", weights_only=False)
              for run in (straight, split)]
