@@ -762,7 +762,7 @@ def bench_fsdp(scale: Scale, device: torch.device) -> dict:
         policy, _ = load_policy(os.path.join(tmp, "fsdp", "checkpoints", "final"))
         params = param_count(policy)
     figures["fsdp_params"] = params
-    figures["fsdp_rss_saved_mb"] = figures["fsdp_ddp_peak_rss_mb"] - figures["fsdp_fsdp_peak_rss_mb"]
+    figures["fsdp_over_ddp_peak_rss"] = figures["fsdp_fsdp_peak_rss_mb"] / figures["fsdp_ddp_peak_rss_mb"]
     table(f"9. FSDP vs DDP on {device.type} (2 processes x 1 thread; {params / 1e6:.1f}M parameters, "
           f"{params * 12 / 2**20:.0f} MB of fp32 gradients and Adam moments in all)",
           ["sharding", "peak RSS of the largest process, MB", "training wall s"], rows)

@@ -91,9 +91,9 @@ def test_each_family_trains_saves_and_reloads(family_folder, algo, tmp_path, mon
     saved = {}  # each checkpoint's parameters as the trainer held them when it saved
     save = Policy.save_pretrained
 
-    def recording_save(policy, path, tokenizer=None):
+    def recording_save(policy, path, tokenizer=None, state=None):
         saved[os.path.basename(path)] = {k: v.clone() for k, v in policy.state_dict().items()}
-        save(policy, path, tokenizer)
+        save(policy, path, tokenizer, state)
 
     monkeypatch.setattr(Policy, "save_pretrained", recording_save)
     assert train(folder, algo, tmp_path / "run") == 0
