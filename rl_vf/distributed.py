@@ -19,12 +19,13 @@ metrics and cost counters are sums over every process.
 
 FSDP (``--fsdp``, or an accelerate config / ``accelerate launch --use_fsdp``): torch's FSDP2
 (``fully_shard``, a unit per transformer layer and one for the rest) shards the parameters, gradients
-and Adam's state over the processes.
-The rollout engine, rl_vf's lean Llama forward and evaluation read the whole model, so the parameters
-are gathered whole after every optimizer step and stay whole until the next one; what FSDP saves is
-the optimizer's two moments and the stored gradients, each process keeping 1/N of them (of full
-fine-tuning's 16 bytes per fp32 parameter, 8 + 8/N stay). Gradients are reduce-scattered instead of
-all-reduced; the update is the same. Checkpoints hold whole tensors, as a 1-process run's do.
+and Adam's state over the processes. The rollout engine, rl_vf's lean Llama forward and evaluation
+read the whole model, so the parameters are gathered whole after every optimizer step and stay whole
+until the next one; what FSDP saves is the gradients and the optimizer's two moments, of which each
+process keeps 1/N (per fp32 parameter: DDP holds 4 bytes of weights, 4 of gradients, 4 of gradient
+buckets and 8 of moments; FSDP the 4 of whole weights and 16/N: shards of weights, gradients and
+moments). Gradients are reduce-scattered instead of all-reduced; the update is the same. Checkpoints
+hold whole tensors, as a 1-process run's do.
 """
 from __future__ import annotations
 
