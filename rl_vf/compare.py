@@ -42,6 +42,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
@@ -238,18 +239,16 @@ def run_train(argv: list[str], log_path: str, cwd: str, environ: dict) -> None:
     runpy.run_module("rl_vf", run_name="__main__")  # exits with main's code (SystemExit)
 
 
-def launch(comp: Comparison, variant: Variant, seed: int, processes: int = 1) -> tuple[int, float]:
-    """Train one run to its end (continuing from a checkpoint if there is one), as ``processes``
-    data-parallel processes; returns the exit code (negative: killed by that signal) and the seconds
-    it took. Output goes to the run's train.log."""
+def launch(comp: Comparison, variant: Variant, seed: int, parallel: Sequence[str] = ()) -> tuple[int, float]:
+    """Train one run to its end (continuing from a checkpoint if there is one), with the ``parallel``
+    flags of ``rl-vf train`` (``parallel_flags``: its processes, FSDP); returns the exit code (negative:
+    killed by that signal) and the seconds it took. Output goes to the run's train.log."""
     run_dir = comp.run_dir(variant, seed)
     resume = run_dir if resumable(run_dir) else None
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a run that died before its first checkpoint starts over
     os.makedirs(run_dir, exist_ok=True)
-    argv = train_command(comp.run_config(variant, seed), resume)
-    if processes > 1:
-        argv += ["--processes", str(processes)]
+    argv = [*train_command(comp.run_config(variant, seed), resume), *parallel]
     log_path = os.path.join(run_dir, LOG)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(['rl-vf', *argv])}\n")
@@ -272,9 +271,9 @@ def log_tail(path: str, lines: int = 12) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
-def run_all(comps: list[Comparison], jobs: int, desc: str, processes: int = 1) -> list[str]:
+def run_all(comps: list[Comparison], jobs: int, desc: str, parallel: Sequence[str] = ()) -> list[str]:
     """Train every run of ``comps`` without a summary.json, ``jobs`` at a time (across comparisons),
-    each as ``processes`` data-parallel processes; returns the failed runs."""
+    each with the ``parallel`` flags (``parallel_flags``); returns the failed runs."""
     runs = [(c, v, s) for c in comps for v in c.variants for s in c.seeds]
     todo = [(c, v, s) for c, v, s in runs if not finished(c.run_dir(v, s))]
     print(f"{desc}: {len(runs) - len(todo)} of {len(runs)} runs already finished; "
@@ -282,7 +281,7 @@ def run_all(comps: list[Comparison], jobs: int, desc: str, processes: int = 1) -
     failed = []
     with tqdm(total=len(runs), initial=len(runs) - len(todo), unit="run", desc=desc) as bar, \
             ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(launch, c, v, s, processes): (c, v, s) for c, v, s in todo}
+        futures = {pool.submit(launch, c, v, s, parallel): (c, v, s) for c, v, s in todo}
         for future in as_completed(futures):
             c, v, s = futures[future]
             code, seconds = future.result()
@@ -602,10 +601,10 @@ def write_report(comp: Comparison, seed: int = 0) -> dict:
     return results
 
 
-def run_comparison(comp: Comparison, jobs: int, processes: int = 1) -> tuple[int, dict]:
-    """Run what is missing (each run as ``processes`` data-parallel processes), write the report;
-    exit code 1 if a run failed."""
-    failed = run_all([comp], jobs, comp.name, processes)
+def run_comparison(comp: Comparison, jobs: int, parallel: Sequence[str] = ()) -> tuple[int, dict]:
+    """Run what is missing (each run with the ``parallel`` flags: ``parallel_flags``), write the
+    report; exit code 1 if a run failed."""
+    failed = run_all([comp], jobs, comp.name, parallel)
     results = write_report(comp)
     pages = [os.path.join(comp.out, p) for p in [*results["plots"].values(), "report.html"]]
     log_report(comp.out, comp.name, comp.wandb,
@@ -727,16 +726,22 @@ def positive_jobs(jobs: int | None) -> int:
     return jobs
 
 
-def add_processes_flag(p: argparse.ArgumentParser) -> None:
+def add_parallel_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=1, metavar="N",
                    help="data-parallel processes per run (accelerate launch; 1 thread each by --threads 1; "
                         "--jobs x N processes in all; default 1)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard each run's gradients and Adam's state over its processes (rl-vf train --fsdp; "
+                        "needs --processes N > 1)")
 
 
-def positive_processes(processes: int) -> int:
-    if processes < 1:
-        raise ConfigError(f"--processes must be >= 1, got {processes}")
-    return processes
+def parallel_flags(args: argparse.Namespace) -> list[str]:
+    """The ``rl-vf train`` flags that run each run as ``--processes`` processes (with ``--fsdp``)."""
+    if args.processes < 1:
+        raise ConfigError(f"--processes must be >= 1, got {args.processes}")
+    if args.fsdp and args.processes == 1:
+        raise ConfigError("--fsdp shards each run over its processes: add --processes N (N > 1)")
+    return (["--processes", str(args.processes)] if args.processes > 1 else []) + (["--fsdp"] if args.fsdp else [])
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -745,7 +750,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     comp = make_comparison(out, args.env, args.env_kwargs, [v for a in args.algos for v in a.split()], args.seeds,
                            args.episodes, parse_pairs(args.set, "--set"), args.metric, args.threshold, args.wandb,
                            args.target)
-    return run_comparison(comp, positive_jobs(args.jobs), positive_processes(args.processes))[0]
+    return run_comparison(comp, positive_jobs(args.jobs), parallel_flags(args))[0]
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
@@ -768,10 +773,10 @@ def cmd_suite(args: argparse.Namespace) -> int:
         except ConfigError as err:
             raise ConfigError(f"suite entry {e['name']!r}: {err}") from None
     jobs = positive_jobs(args.jobs if args.jobs is not None else data.get("jobs"))
-    processes = positive_processes(args.processes)
+    parallel = parallel_flags(args)
     codes, tasks = [], {}
     for comp in comps:
-        code, tasks[comp.name] = run_comparison(comp, jobs, processes)
+        code, tasks[comp.name] = run_comparison(comp, jobs, parallel)
         codes.append(code)
     write_suite_report(out, tasks, metric)
     print(f"suite summary: {os.path.join(out, 'suite.md')} (suite.html, suite.json, plots/)")
@@ -802,7 +807,7 @@ def add_parsers(sub) -> None:
                         "e.g. \"ppo reinforce:rloo reinforce:none\"")
     p.add_argument("--episodes", type=int, metavar="N", help="total_episodes of every run (default: the config's)")
     p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: os.cpu_count())")
-    add_processes_flag(p)
+    add_parallel_flags(p)
     p.add_argument("--out", metavar="DIR", help="comparison folder (default: runs/compare-<env>-<time>)")
     p.add_argument("--wandb", default="offline", choices=WANDB_MODES,
                    help="wandb mode of the runs, grouped by the comparison's name (default: offline)")
@@ -831,7 +836,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", default="experiments/suite.yaml", metavar="FILE.yaml",
                    help="suite file (default: %(default)s)")
     p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: the file's jobs, else os.cpu_count())")
-    add_processes_flag(p)
+    add_parallel_flags(p)
     p.add_argument("--out", metavar="DIR", help="suite folder (default: runs/suite-<time>)")
     p.add_argument("--only", nargs="+", metavar="ENV", help="run only the entries with these names or env ids")
     p.add_argument("--wandb", default="offline", choices=WANDB_MODES, help="wandb mode of the runs (default: offline)")

@@ -26,8 +26,8 @@ import numpy as np
 
 from rl_vf import stats
 from rl_vf.algos import ALGOS
-from rl_vf.compare import (ALPHA, CROSSING_AXES, METRICS, REPS, TRAIN_METRICS, X_AXES, Comparison, add_processes_flag,
-                           load_runs, make_comparison, positive_jobs, positive_processes, run_all, safe_name,
+from rl_vf.compare import (ALPHA, CROSSING_AXES, METRICS, REPS, TRAIN_METRICS, X_AXES, Comparison, add_parallel_flags,
+                           load_runs, make_comparison, parallel_flags, positive_jobs, run_all, safe_name,
                            sample_efficiency)
 from rl_vf.config import WANDB_MODES, ConfigError, make_config, read_yaml
 from rl_vf.report import num, pyplot, write_outputs
@@ -251,8 +251,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = args.out or os.path.join("runs", safe_name(data.get("name") or "study") + ("-quick" if args.quick else ""))
     cells = make_cells(data, out, args.wandb, args.only)
     jobs = positive_jobs(args.jobs if args.jobs is not None else data.get("jobs"))
-    processes = positive_processes(args.processes)
-    failed = [] if args.report_only else run_all([c.comp for c in cells], jobs, os.path.basename(out), processes)
+    parallel = parallel_flags(args)
+    failed = [] if args.report_only else run_all([c.comp for c in cells], jobs, os.path.basename(out), parallel)
     for cell in cells:  # each cell keeps its own full comparison report
         write_report(cell.comp)
     results = write_crossover(cells, out)
@@ -283,7 +283,7 @@ def add_parser(sub) -> None:
                    help="study file (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="apply the file's quick blocks: a smaller grid, wider CIs")
     p.add_argument("--jobs", type=int, metavar="J", help="runs at once (default: the file's jobs, else os.cpu_count())")
-    add_processes_flag(p)
+    add_parallel_flags(p)
     p.add_argument("--out", metavar="DIR", help="study folder (default: runs/<name>[-quick])")
     p.add_argument("--only", nargs="+", metavar="TASK", help="run only these tasks (by name)")
     p.add_argument("--report-only", action="store_true", help="write the reports from the runs there, train nothing")

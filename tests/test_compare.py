@@ -177,7 +177,7 @@ def test_failed_run_is_reported_and_the_report_covers_the_others(tmp_path, monke
     comp = synthetic_comparison(tmp_path, [0.9, 0.95, 0.85, 1.0, 0.92], [0.5, 0.6, 0.4, 0.55, None])
     launched = []
 
-    def failing_launch(comp, variant, seed, processes):
+    def failing_launch(comp, variant, seed, parallel):
         launched.append((variant.name, seed))
         log = tmp_path / "runs" / variant.folder / f"s{seed}" / "train.log"
         log.write_text("Traceback ...\nRuntimeError: boom\n")
@@ -364,3 +364,14 @@ def test_success_comes_from_success_or_sb3s_is_success(info, flag):
     from rl_vf.engine import success_flag
 
     assert success_flag(info) is flag
+
+
+def test_parallel_flags_run_each_run_on_its_processes_sharded_or_not():
+    def flags(processes, fsdp=False):
+        return compare.parallel_flags(argparse.Namespace(processes=processes, fsdp=fsdp))
+
+    assert flags(1) == [] and flags(2) == ["--processes", "2"] and flags(4, True) == ["--processes", "4", "--fsdp"]
+    with pytest.raises(ConfigError, match="--fsdp shards each run over its processes: add --processes N"):
+        flags(1, True)
+    with pytest.raises(ConfigError, match="--processes must be >= 1, got 0"):
+        flags(0)
