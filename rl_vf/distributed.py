@@ -192,10 +192,15 @@ class World:
             from torch.distributed.tensor import distribute_tensor
 
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            state = {**state, "state": {
-                i: {k: distribute_tensor(v.to(params[i].device), params[i].device_mesh, params[i].placements,
-                                         src_data_rank=None) if v.shape == params[i].shape else v  # not Adam's step
-                    for k, v in s.items()} for i, s in state["state"].items()}}
+
+            def own_rows(tensor: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+                if tensor.shape != param.shape:  # Adam's step count
+                    return tensor
+                return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements,
+                                         src_data_rank=None)
+
+            state = {**state, "state": {i: {k: own_rows(v, params[i]) for k, v in s.items()}
+                                        for i, s in state["state"].items()}}
         optimizer.load_state_dict(state)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,8 @@ def head_values(head: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
     return head(hidden).squeeze(-1).float()
 
 
-def save_value_head(head: nn.Linear, path: str, state: dict | None = None) -> None:
-    state = head.state_dict() if state is None else state
+def save_value_head(state: dict, path: str) -> None:
+    """A value head's ``state_dict`` into ``path``."""
     save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(path, VALUE_HEAD_FILE))
 
 
@@ -95,10 +95,10 @@ class Critic(nn.Module):
         head.load_state_dict(load_file(os.path.join(path, VALUE_HEAD_FILE)))
         return cls(trunk, head)
 
-    def save_pretrained(self, path: str, state: dict | None = None) -> None:
-        state = self.state_dict() if state is None else state
+    def save_pretrained(self, path: str, state: dict) -> None:
+        """The trunk and value head, from the critic's whole ``state`` (``Policy.save_pretrained``'s)."""
         self.trunk.save_pretrained(path, state_dict=substate(state, "trunk."))
-        save_value_head(self.value_head, path, substate(state, "value_head."))
+        save_value_head(substate(state, "value_head."), path)
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
                 queries: torch.Tensor | None = None, window: int = 0) -> torch.Tensor:
@@ -389,7 +389,7 @@ class Policy(nn.Module):
             lora.save(substate(state, "lm."), path, **self.lora)
         else:
             self.lm.save_pretrained(path, state_dict=substate(state, "lm."))
-        save_value_head(self.value_head, path, substate(state, "value_head."))
+        save_value_head(substate(state, "value_head."), path)
         if self.critic is not None:
             self.critic.save_pretrained(os.path.join(path, CRITIC_DIR), substate(state, "critic."))
         if tokenizer is not None:
