@@ -183,7 +183,7 @@ RESUME_FIXED = ("env", "env_kwargs", "algo", "seed", "critic", "critic_lr", "hid
 def cmd_train(args: argparse.Namespace) -> int:
     from rl_vf.actor import resolve_device
     from rl_vf.config import write_config
-    from rl_vf.distributed import World
+    from rl_vf.distributed import World, peer_failed
     from rl_vf.metrics_log import MetricsLog
     from rl_vf.trainer import Interrupted, Trainer, TrainingDiverged
 
@@ -246,12 +246,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world.is_main:
             print(f"rl-vf: {e}\nresume with: rl-vf train --resume {run_dir}", file=sys.stderr)
         return 130
-    except RuntimeError as e:  # gloo / NCCL: another process of the run is gone
+    except RuntimeError as e:
         if world.size == 1:
             raise
+        resume = f"resume with the same launch and: rl-vf train --resume {run_dir}"
+        if not peer_failed(e):  # this process's own error: its traceback follows
+            print(f"rl-vf: process {world.rank} of {world.size} failed; the others stop with it; {resume}",
+                  file=sys.stderr)
+            raise
         print(f"rl-vf: process {world.rank} of {world.size} stopped: another process of this data-parallel run "
-              f"failed or was killed ({type(e).__name__}: {str(e).splitlines()[0]}); resume with the same "
-              f"launch and: rl-vf train --resume {run_dir}", file=sys.stderr)
+              f"failed or was killed ({type(e).__name__}: {str(e).splitlines()[0]}); {resume}", file=sys.stderr)
         return 1
     finally:
         if log is not None:

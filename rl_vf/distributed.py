@@ -259,6 +259,17 @@ def units(module: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
+# What gloo's collectives say when another process of the run is gone (they raise a plain RuntimeError;
+# NCCL's raise torch's DistError).
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting")
+
+
+def peer_failed(error: BaseException) -> bool:
+    """Whether ``error`` says that another process of the run failed or was killed (a collective lost
+    its peer), rather than that this process failed on its own."""
+    return isinstance(error, torch.distributed.DistError) or any(s in str(error) for s in PEER_GONE)
+
+
 def flag(variable: str) -> bool:
     """Whether the launcher switched ``variable`` (accelerate's ``ACCELERATE_USE_...``) on."""
     return os.environ.get(variable, "").lower() in ("true", "1", "yes")

@@ -15,7 +15,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from rl_vf.cli import main
 from rl_vf.config import ConfigError, make_config
-from rl_vf.distributed import World, units
+from rl_vf.distributed import World, peer_failed, units
 from rl_vf.engine import RolloutBatch
 from rl_vf.policy import load_policy
 from rl_vf.trainer import Trainer
@@ -184,6 +184,37 @@ def test_a_killed_process_stops_the_run_with_a_message_and_resume_finishes_it(tm
     capfd.readouterr()
     assert main(["train", "--resume", str(run), "--total-episodes", "80"]) == 2  # one process: refused
     assert "comes from a run of 2 process(es); resume it with as many" in capfd.readouterr().err
+
+
+def faulty_worker(rank, size, port, argv):
+    """``rl-vf train`` where process 0 fails on its own (a bug, not a lost peer) in its second update."""
+    real = Trainer.update
+
+    def update(self, *args):
+        if rank == 0 and self.update_idx == 1:
+            raise RuntimeError("a fault of process 0's own")
+        return real(self, *args)
+
+    Trainer.update = update
+    train_worker(rank, size, port, argv, None)
+
+
+def test_a_process_that_fails_on_its_own_shows_its_traceback_and_the_other_names_the_lost_peer(tmp_path, capfd):
+    run = tmp_path / "run"
+    assert spawn(faulty_worker, train_args(run, 64)) == [1, 0]  # process 0 raised; process 1 returned
+    err = capfd.readouterr().err
+    assert "rl-vf: process 0 of 2 failed; the others stop with it" in err and "--resume" in err
+    assert "Traceback" in err and "RuntimeError: a fault of process 0's own" in err
+    assert "process 1 of 2 stopped: another process of this data-parallel run failed or was killed" in err
+    assert "process 0 of 2 stopped" not in err  # its own error is not blamed on the other process
+    assert json.loads((run / "rank1.json").read_text())["code"] == 1
+
+
+def test_peer_failed_tells_a_lost_peer_from_a_process_own_error():
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:29103. This is typically caused by a remote worker crashing.")
+    assert peer_failed(gloo) and peer_failed(torch.distributed.DistBackendError("NCCL communicator was aborted"))
+    assert not peer_failed(RuntimeError("mat1 and mat2 shapes cannot be multiplied (3x4 and 5x6)"))
 
 
 def poisoned_worker(rank, size, port, argv):
