@@ -107,6 +107,7 @@ ARITHMETIC = {"op": "add", "digits": 2, "mode": "single"}
 class Scale:
     """How much work each section does: the full run, or ``--quick`` (a smoke test)."""
 
+    models: tuple = tuple(SIZES.items())  # (size, TinyConfig): the models the per-size sections build
     matmul_n: int = 2048
     memory_mb: int = 512  # the buffer the memory roof reads: far larger than the caches
     decode_batches: tuple = (1, 16, 64, 256)
@@ -137,9 +138,15 @@ class Scale:
     fsdp_model: tuple = ("--hidden-size", "512", "--layers", "8", "--heads", "8", "--intermediate-size", "2048")
     fsdp_episodes: int = 64  # two updates of this many / 2 TicTacToe episodes
 
+    def model(self, size: str) -> TinyConfig:
+        return dict(self.models)[size]
+
 
 FULL = Scale()
-QUICK = Scale(matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, multiturn_envs=4,
+# The smoke test's "10m" is a small stand-in: it runs the 10m rows' code, not their cost.
+QUICK = Scale(models=(("tiny", SIZES["tiny"]), ("10m", TinyConfig(hidden_size=96, layers=2, heads=2,
+                                                                  intermediate_size=256))),
+              matmul_n=512, memory_mb=16, decode_tokens=4, prompt_tokens=4, multiturn_envs=4,
               multiturn_episodes=(("tiny", 4), ("10m", 4)), scaling_envs=2, scaling_turn_budget=16,
               trl_prompts=2, trl_generations=2, trl_steps=2, trl_demos=8, update_episodes=(("tiny", 8), ("10m", 4)),
               train_episodes=64, branch_episodes=(("tiny", 2), ("10m", 1)), branch_rollouts=2,
@@ -184,9 +191,9 @@ def table(title: str, header: list[str], rows: list[list]) -> None:
     sys.stdout.flush()
 
 
-def build(size: str, device: torch.device):
-    """The untrained tiny-Llama policy of ``size`` (seed 0) and its tokenizer, on ``device``."""
-    policy, tokenizer = load_policy("tiny", seed=0, tiny=SIZES[size], alphabet=DEFAULT_CHARS)
+def build(model: TinyConfig, device: torch.device):
+    """The untrained tiny-Llama policy of shape ``model`` (seed 0) and its tokenizer, on ``device``."""
+    policy, tokenizer = load_policy("tiny", seed=0, tiny=model, alphabet=DEFAULT_CHARS)
     return policy.to(device).eval(), tokenizer
 
 
@@ -280,8 +287,8 @@ def bench_decode(scale: Scale, device: torch.device) -> dict:
     before = roofs(scale, device)
     figures, policies = {}, {}
     context = scale.prompt_tokens + scale.decode_tokens / 2  # mean cached length while decoding
-    for size in SIZES:
-        policy, tokenizer = policies[size] = build(size, device)
+    for size, model in scale.models:
+        policy, tokenizer = policies[size] = build(model, device)
         figures[f"params_{size}"] = param_count(policy)
         figures[f"flops_per_token_{size}"] = flops_per_token(policy, context)
         decode_tok_s(policy, tokenizer, 16, replace(scale, decode_tokens=2), device)  # warm-up
@@ -407,7 +414,7 @@ def bench_multiturn(scale: Scale, device: torch.device) -> dict:
     cases = {"tictactoe": ("TicTacToe-v0", tictactoe, 8), "keytodoor32": ("KeyToDoor-v0", key_to_door(34), 1)}
     figures, rows = {}, []
     for size, base in scale.multiturn_episodes:
-        policy, tokenizer = build(size, device)
+        policy, tokenizer = build(scale.model(size), device)
         for name, (env_id, make_env, factor) in cases.items():
             episodes = base * factor
             budget = action_budget(env_id)
@@ -432,8 +439,8 @@ def bench_scaling(scale: Scale, device: torch.device) -> dict:
     """Seconds per episode against episode length; each point plays about the same number of turns."""
     figures, rows = {}, []
     budget = action_budget("KeyToDoor-v0")
-    for size in SIZES:
-        policy, tokenizer = build(size, device)
+    for size, model in scale.models:
+        policy, tokenizer = build(model, device)
         for approach in APPROACHES:
             seconds_per_episode = []
             for turns in scale.scaling_turns:
@@ -569,10 +576,9 @@ def bench_trl(scale: Scale, device: torch.device, threads: int) -> dict:
 
 
 # ---- 5. training step and memory ---------------------------------------------------------------
-def update_tok_s(size: str, episodes: int, device: torch.device, threads: int, run_dir: str) -> dict:
+def update_tok_s(tiny: TinyConfig, episodes: int, device: torch.device, threads: int, run_dir: str) -> dict:
     """Trained tokens/s of a ``Trainer.update`` per algorithm, on the same collected TicTacToe batch: the
     faster of two updates in a row (a first call also pays one-time set-up, 10-20% of it)."""
-    tiny = SIZES[size]
     rates, batch = {}, None
     for algo in ("ppo", "reinforce"):
         cfg = TrainConfig(algo=algo, episodes_per_update=episodes, num_envs=episodes, device=device.type,
@@ -644,7 +650,7 @@ def bench_update(scale: Scale, device: torch.device, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for size, episodes in scale.update_episodes:
             log(f"update: {size}, {episodes} TicTacToe episodes, ppo and reinforce ...")
-            for algo, tok_s in update_tok_s(size, episodes, device, threads, tmp).items():
+            for algo, tok_s in update_tok_s(scale.model(size), episodes, device, threads, tmp).items():
                 figures[f"update_tok_s_{algo}_{size}"] = tok_s
                 rows.append([f"update tokens/s, {algo} ({size}, {episodes} episodes, default epochs/minibatch)", tok_s])
         log(f"update: a ConnectFour-v0 warm-start step of {scale.scoring_demos} demos, scoring the action tokens or all ...")
@@ -769,9 +775,9 @@ def bench_fsdp(scale: Scale, device: torch.device) -> dict:
     return figures
 
 
-def binary_policy(size: str, device: torch.device):
-    """``build(size)`` restricted to the tokens "0" and "1" (a KeyToDoor move, never invalid)."""
-    policy, tokenizer = build(size, device)
+def binary_policy(model: TinyConfig, device: torch.device):
+    """``build(model)`` restricted to the tokens "0" and "1" (a KeyToDoor move, never invalid)."""
+    policy, tokenizer = build(model, device)
     policy.allowed_tokens = torch.tensor([tokenizer.decode([i]) in ("0", "1") for i in range(len(tokenizer))],
                                          device=device)
     return policy, tokenizer
@@ -790,7 +796,7 @@ def bench_branches(scale: Scale, device: torch.device) -> dict:
     figures, rows = {}, []
     make_env = lambda: gym.make("KeyToDoor-v0", delay=16, disable_env_checker=True)  # noqa: E731
     for size, episodes in scale.branch_episodes:
-        policy, tokenizer = binary_policy(size, device)
+        policy, tokenizer = binary_policy(scale.model(size), device)
         rows_ = min(scale.multiturn_envs, episodes)
 
         def engine(snapshots: bool = False) -> RolloutEngine:

@@ -65,7 +65,7 @@ def test_quick_run_reports_every_documented_key(tmp_path):
 
 def test_engine_and_naive_play_episodes_of_the_same_length():
     bench = load_bench()
-    policy, tokenizer = bench.build("tiny", torch.device("cpu"))
+    policy, tokenizer = bench.build(bench.SIZES["tiny"], torch.device("cpu"))
     for turns in (1, 5):
         for approach in bench.APPROACHES:
             played, _ = bench.play(approach, policy, tokenizer, bench.key_to_door(turns), 3, 5, 1, torch.device("cpu"))
