@@ -201,7 +201,7 @@ def faulty_worker(rank, size, port, argv):
 
 def test_a_process_that_fails_on_its_own_shows_its_traceback_and_the_other_names_the_lost_peer(tmp_path, capfd):
     run = tmp_path / "run"
-    assert spawn(faulty_worker, train_args(run, 64)) == [1, 0]  # process 0 raised; process 1 returned
+    assert spawn(faulty_worker, train_args(run, 32)) == [1, 0]  # process 0 raised; process 1 returned
     err = capfd.readouterr().err
     assert "rl-vf: process 0 of 2 failed; the others stop with it" in err and "--resume" in err
     assert "Traceback" in err and "RuntimeError: a fault of process 0's own" in err
