@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -114,13 +115,15 @@ class Learner:
             if values is not None:
                 old["values"] = values
             has_values = algo.uses_critic or algo.uses_branches
-            stats = world.mean_of(value_stats(old["values"], batch, cfg.gamma)) if has_values else {}
+            # Pooled over every process's episodes, so that the critic warm-up decides (warming_up) as
+            # one process would on the same episodes.
+            stats = value_stats(old["values"], batch, cfg.gamma, world.sum) if has_values else {}
             ref = self.reference_logprobs(batch, lengths) if cfg.kl_coef > 0 else None
             advantages, returns = algo.advantages(batch, old, cfg, world.sum)
             if self.warming_up(algo, stats):
                 advantages = OUTCOME_ONLY.advantages(batch, old, cfg, world.sum)[0]
             if returns is not None:
-                stats["value/explained_variance"] = explained_variance(old["values"], returns, mask)
+                stats["value/explained_variance"] = explained_variance(old["values"], returns, mask, world.sum)
             if batch.true_deltas is not None:
                 stats.update(decision_signal(advantages, batch.true_deltas))
             if cfg.normalize_advantages:
@@ -306,18 +309,18 @@ def score_batch(policy, batch: RolloutBatch, lengths: torch.Tensor, chunk: int, 
     return out
 
 
-def value_stats(values: torch.Tensor, batch: RolloutBatch, gamma: float) -> dict:
+def value_stats(values: torch.Tensor, batch: RolloutBatch, gamma: float, reduce=None) -> dict:
     """How the values before an update (a critic's, or Monte-Carlo ones) match the batch's own
     outcomes, the lambda-1 returns-to-go over action tokens: ``value/bias`` (mean V - return: the
     offset explained variance cannot see), its standard error ``value/bias_se`` (over episodes:
-    the tokens of one episode share its noise) and ``value/explained_variance_mc``."""
+    the tokens of one episode share its noise) and ``value/explained_variance_mc``. ``reduce``
+    sums over data-parallel processes: the statistics are then those of every process's episodes."""
     mask = batch.action_mask
     returns = returns_to_go(batch.rewards, mask, gamma)
-    m = mask.bool()
     per_episode = ((values - returns) * mask).sum(1) / mask.sum(1).clamp(min=1)
-    se = float(per_episode.std() / len(per_episode) ** 0.5) if len(per_episode) > 1 else float("inf")
-    return {"value/bias": float((values[m] - returns[m]).mean()), "value/bias_se": se,
-            "value/explained_variance_mc": explained_variance(values, returns, mask)}
+    (_, bias, _), (episodes, _, var) = pooled_mean_var([(values - returns)[mask.bool()], per_episode], reduce)
+    return {"value/bias": bias, "value/bias_se": math.sqrt(var / episodes) if episodes > 1 else float("inf"),
+            "value/explained_variance_mc": explained_variance(values, returns, mask, reduce)}
 
 
 def grad_norms(parts: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, float]:
@@ -349,8 +352,23 @@ def decision_signal(advantages: torch.Tensor, true_deltas: torch.Tensor) -> dict
     return {"advantage/decision_r2": sum(shares) / len(shares)} if shares else {}
 
 
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """1 - Var[returns - values] / Var[returns] over action tokens (1 is perfect, <= 0 useless)."""
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reduce=None) -> float:
+    """1 - Var[returns - values] / Var[returns] over action tokens (1 is perfect, <= 0 useless); over
+    every data-parallel process's tokens with ``reduce`` (a sum over processes)."""
     m = mask.bool()
-    var = returns[m].var()
-    return float("nan") if var == 0 else float(1 - (returns[m] - values[m]).var() / var)
+    (_, _, var_returns), (_, _, var_errors) = pooled_mean_var([returns[m], returns[m] - values[m]], reduce)
+    return float("nan") if var_returns == 0 else 1 - var_errors / var_returns
+
+
+def pooled_mean_var(xs: list[torch.Tensor], reduce=None) -> list[tuple[float, float, float]]:
+    """The count, mean and unbiased variance of each tensor's entries in ``xs`` (float64); with ``reduce``
+    (a sum over data-parallel processes) of every process's entries, in two collectives for all of them
+    (the counts and sums, then the squared deviations from the pooled means)."""
+    reduce = reduce or (lambda t: t)
+    xs = [x.detach().double().flatten() for x in xs]
+    counts, sums = reduce(torch.stack([torch.stack([x.new_tensor(float(x.numel())), x.sum()]) for x in xs])).unbind(1)
+    means = sums / counts.clamp(min=1)
+    squares = reduce(torch.stack([((x - mean) ** 2).sum() for x, mean in zip(xs, means)]))
+    return [(n, mean, sq / (n - 1) if n > 1 else float("nan"))
+            for n, mean, sq in zip(counts.tolist(), means.tolist(), squares.tolist())]
+
