@@ -317,8 +317,9 @@ def value_stats(values: torch.Tensor, batch: RolloutBatch, gamma: float, reduce=
     sums over data-parallel processes: the statistics are then those of every process's episodes."""
     mask = batch.action_mask
     returns = returns_to_go(batch.rewards, mask, gamma)
-    per_episode = ((values - returns) * mask).sum(1) / mask.sum(1).clamp(min=1)
-    (_, bias, _), (episodes, _, var) = pooled_mean_var([(values - returns)[mask.bool()], per_episode], reduce)
+    errors = values - returns
+    per_episode = (errors * mask).sum(1) / mask.sum(1).clamp(min=1)
+    (_, bias, _), (episodes, _, var) = pooled_mean_var([errors[mask.bool()], per_episode], reduce)
     return {"value/bias": bias, "value/bias_se": math.sqrt(var / episodes) if episodes > 1 else float("inf"),
             "value/explained_variance_mc": explained_variance(values, returns, mask, reduce)}
 
