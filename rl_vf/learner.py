@@ -124,8 +124,8 @@ class Learner:
                 advantages = OUTCOME_ONLY.advantages(batch, old, cfg, world.sum)[0]
             if returns is not None:
                 stats["value/explained_variance"] = explained_variance(old["values"], returns, mask, world.sum)
-            if batch.true_deltas is not None:
-                stats.update(decision_signal(advantages, batch.true_deltas))
+            if world.agree(batch.true_deltas is not None):  # (a process whose episodes all lack values sends none)
+                stats.update(decision_signal(advantages, batch.true_deltas, world.gather))
             if cfg.normalize_advantages:
                 advantages = whiten(advantages, mask, reduce=world.sum)
         # perf/trained_tokens counts a token once per transformer it is trained through: the policy
@@ -335,22 +335,47 @@ def grad_norms(parts: dict[str, torch.Tensor], params: list[torch.nn.Parameter])
     return norms
 
 
-def decision_signal(advantages: torch.Tensor, true_deltas: torch.Tensor) -> dict[str, float]:
+def decision_signal(advantages: torch.Tensor, true_deltas: torch.Tensor | None, gather=None) -> dict[str, float]:
     """``advantage/decision_r2``: for each decision (an episode's k-th turn), the squared correlation over
     the batch's episodes between the advantage of the turn's first action token and the action's TD
     error under the env's exact values (``RolloutBatch.true_deltas``), averaged over the decisions whose
     TD error varies in the batch. It is the share of the advantage's variance that is the decision's own
     signal; the variance argument's speed-up of one arm over another is the ratio of their shares
-    (docs/crossover.md)."""
+    (docs/crossover.md). ``gather`` (``World.gather``): over every data-parallel process's episodes."""
+    gather = gather or (lambda items: items)
+    pooled: dict[int, list[float]] = {}
+    for moments in gather([decision_moments(advantages, true_deltas)]):
+        for k, m in enumerate(moments):
+            pooled[k] = merged_moments(pooled[k], m) if k in pooled else m
+    shares = [c * c / (m2a * m2d) for n, _, _, m2a, m2d, c in pooled.values() if n > 2 and m2a > 0 and m2d > 0]
+    return {"advantage/decision_r2": sum(shares) / len(shares)} if shares else {}
+
+
+def decision_moments(advantages: torch.Tensor, true_deltas: torch.Tensor | None) -> list[list[float]]:
+    """For each decision k of ``decision_signal``: its count, the means of the advantage and the TD error,
+    their sums of squared deviations from the means and the sum of their products' (float64); none
+    without ``true_deltas``."""
+    if true_deltas is None:
+        return []
     known = torch.isfinite(true_deltas)
     turn = known.cumsum(1) - 1  # which decision of its episode each known entry is
-    shares = []
+    moments = []
     for k in range(int(known.sum(1).max())):
         at = known & (turn == k)
-        pair = torch.stack([advantages[at].float(), true_deltas[at]])
-        if pair.shape[1] > 2 and bool((pair.std(1) > 0).all()):
-            shares.append(float(torch.corrcoef(pair)[0, 1] ** 2))
-    return {"advantage/decision_r2": sum(shares) / len(shares)} if shares else {}
+        a, d = advantages[at].double(), true_deltas[at].double()
+        da, dd = a - a.mean(), d - d.mean()
+        moments.append([float(len(a)), float(a.mean()), float(d.mean()), float((da * da).sum()),
+                        float((dd * dd).sum()), float((da * dd).sum())])
+    return moments
+
+
+def merged_moments(x: list[float], y: list[float]) -> list[float]:
+    """``decision_moments`` of two disjoint sets of episodes, merged (Chan et al.'s pairwise update)."""
+    (n1, a1, d1, aa1, dd1, ad1), (n2, a2, d2, aa2, dd2, ad2) = x, y
+    n = n1 + n2
+    da, dd, w = a2 - a1, d2 - d1, n1 * n2 / n
+    return [n, a1 + da * n2 / n, d1 + dd * n2 / n, aa1 + aa2 + da * da * w, dd1 + dd2 + dd * dd * w,
+            ad1 + ad2 + da * dd * w]
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reduce=None) -> float:

@@ -388,3 +388,32 @@ def test_decision_signal_is_each_decisions_share_of_the_advantage_variance():
     outcome = d.sum(1, keepdim=True).expand(-1, 4)
     assert decision_signal(own, deltas)["advantage/decision_r2"] == pytest.approx(1.0)
     assert decision_signal(outcome, deltas)["advantage/decision_r2"] == pytest.approx(0.5, abs=0.03)
+
+
+def test_decision_signal_of_data_parallel_processes_is_that_of_all_their_episodes():
+    """Each process's per-decision moments, gathered and merged, give the squared correlations of every
+    episode together (as one process holding them all computes them: torch.corrcoef), not an average
+    of each process's own; decisions a process never reached, and a process without values, add none."""
+    from rl_vf.learner import decision_moments, decision_signal
+
+    g = torch.Generator().manual_seed(1)
+    deltas = torch.full((60, 6), math.nan)
+    deltas[:, [0, 2]] = torch.randn(60, 2, generator=g)
+    deltas[:20, 4] = torch.randn(20, generator=g)  # a third decision in the first 20 episodes alone
+    advantages = deltas.nan_to_num() * 0.5 + torch.randn(60, 6, generator=g)
+    shares = []
+    for column in (0, 2):
+        shares.append(torch.corrcoef(torch.stack([advantages[:, column], deltas[:, column]]))[0, 1] ** 2)
+    shares.append(torch.corrcoef(torch.stack([advantages[:20, 4], deltas[:20, 4]]))[0, 1] ** 2)
+    whole = decision_signal(advantages, deltas)["advantage/decision_r2"]
+    assert whole == pytest.approx(float(sum(shares) / 3), rel=1e-5)
+    # Process 0 holds episodes 0-34 (all of the third decision), process 1 episodes 35-59.
+    others = decision_moments(advantages[35:], deltas[35:])
+    assert len(others) == 2
+    gathered = decision_signal(advantages[:35], deltas[:35], lambda mine: mine + [others])
+    assert gathered["advantage/decision_r2"] == pytest.approx(whole, rel=1e-9)
+    averaged = (decision_signal(advantages[:35], deltas[:35])["advantage/decision_r2"] +
+                decision_signal(advantages[35:], deltas[35:])["advantage/decision_r2"]) / 2
+    assert abs(averaged - whole) > 1e-3  # what averaging each process's own would have logged
+    assert decision_signal(advantages, None, lambda mine: mine + [decision_moments(advantages, deltas)]) == \
+        decision_signal(advantages, deltas)

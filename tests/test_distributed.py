@@ -53,18 +53,23 @@ def spawn(fn, *args, size: int = 2) -> list[int]:
     return [p.exitcode for p in procs]
 
 
-def update_config(algo: str, episodes: int) -> dict:
+TICTACTOE = {"env": "TicTacToe-v0"}
+# Exact values (advantage/decision_r2); legal actions only, so that the untrained policy's returns vary.
+DECISIONS = {"env": "Decisions-v0", "constrain_actions": "legal"}
+
+
+def update_config(algo: str, episodes: int, task: dict = TICTACTOE) -> dict:
     # One minibatch of the whole batch (so the shuffle does not matter), one epoch; ppo's critic warm-up
     # on (its decision reads the value statistics, pooled over the processes).
-    return {"env": "TicTacToe-v0", "algo": algo, "episodes_per_update": episodes, "total_episodes": episodes,
+    return {**task, "algo": algo, "episodes_per_update": episodes, "total_episodes": episodes,
             "num_envs": episodes, "minibatch_size": episodes, "epochs": 1, "seed": 3, **SMALL}
 
 
-def one_update(world: World, algo: str, folder: str, rank_rows: slice) -> dict:
+def one_update(world: World, algo: str, folder: str, rank_rows: slice, task: dict) -> dict:
     """The update of a fresh trainer on rows ``rank_rows`` of the saved episodes: its stats and the
     gradients and parameters it leaves."""
     episodes = torch.load(os.path.join(folder, "episodes.pt"), weights_only=False)
-    t = Trainer(make_config(update_config(algo, len(episodes))), os.path.join(folder, f"r{world.rank}"), world)
+    t = Trainer(make_config(update_config(algo, len(episodes), task)), os.path.join(folder, f"r{world.rank}"), world)
     batch = RolloutBatch.from_episodes(episodes[rank_rows], t.tokenizer.pad_token_id)
     result = t.update(batch)
     # The gradients the optimizer stepped with (under FSDP its parameters are the shards: gathered whole).
@@ -80,21 +85,22 @@ def one_update(world: World, algo: str, folder: str, rank_rows: slice) -> dict:
             "params": {n: p.detach().clone() for n, p in t.policy.named_parameters()}}
 
 
-def update_worker(rank, size, port, algo, folder, fsdp):
+def update_worker(rank, size, port, algo, folder, fsdp, task):
     world = join_world(rank, size, port, fsdp)
     assert world.fsdp == fsdp
     share = 16 // size
-    out = one_update(world, algo, folder, slice(rank * share, (rank + 1) * share))
+    out = one_update(world, algo, folder, slice(rank * share, (rank + 1) * share), task)
     torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
 
 
-@pytest.mark.parametrize("algo,fsdp", [("ppo", False), ("reinforce", False), ("ppo", True), ("reinforce", True)])
-def test_two_process_update_equals_one_process_update_on_the_same_episodes(tmp_path, algo, fsdp):
-    t = Trainer(make_config(update_config(algo, 16)), str(tmp_path / "collect"))
+@pytest.mark.parametrize("algo,fsdp,task", [("ppo", False, TICTACTOE), ("reinforce", False, DECISIONS),
+                                            ("ppo", True, TICTACTOE), ("reinforce", True, TICTACTOE)])
+def test_two_process_update_equals_one_process_update_on_the_same_episodes(tmp_path, algo, fsdp, task):
+    t = Trainer(make_config(update_config(algo, 16, task)), str(tmp_path / "collect"))
     episodes, _ = t.collect_batch()
     torch.save(episodes, tmp_path / "episodes.pt")
-    single = one_update(World(), algo, str(tmp_path), slice(0, 16))
-    assert spawn(update_worker, algo, str(tmp_path), fsdp) == [0, 0]
+    single = one_update(World(), algo, str(tmp_path), slice(0, 16), task)
+    assert spawn(update_worker, algo, str(tmp_path), fsdp, task) == [0, 0]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     held = [r["moments_held"] for r in ranks]
     if fsdp:  # each process keeps its share of Adam's state (each tensor's rows split in two)
@@ -111,7 +117,10 @@ def test_two_process_update_equals_one_process_update_on_the_same_episodes(tmp_p
     # The value statistics are those of all 16 episodes (the critic warm-up decides on them).
     value_keys = ("value/bias", "value/bias_se", "value/explained_variance_mc", "value/explained_variance",
                   "critic/warmup")
-    for key in ("loss/pg", "loss/vf", *value_keys) if algo == "ppo" else ("loss/pg",):
+    keys = ("loss/pg", "loss/vf", *value_keys) if algo == "ppo" else ("loss/pg",)
+    if task == DECISIONS:  # over all 16 episodes' decisions, not averaged over each process's 8
+        keys = (*keys, "advantage/decision_r2")
+    for key in keys:
         assert ranks[0]["stats"][key] == pytest.approx(single["stats"][key], rel=1e-5, abs=1e-6), key
 
 
