@@ -20,7 +20,7 @@ MAIN_FLAGS = ("env", "algo", "seed", "total_episodes", "out", "model", "wandb")
 
 def train_parser(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a policy (PPO with a value head, or outcome-only REINFORCE)",
+        "train", help="train a policy (ppo with a learned critic, vine with Monte-Carlo values, or outcome-only reinforce)",
         description="Train a language-model policy on a Gymnasium text env. Precedence: defaults < the env's "
                     "own defaults (below) < --config YAML < flags. Writes a run folder with config.yaml, "
                     "metrics.jsonl, summary.json, checkpoints/ and eval_samples.jsonl.",
@@ -138,8 +138,9 @@ def diagnose_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rl-vf", description="Credit assignment for LM policies: PPO with a value "
-                                     "head vs final-outcome REINFORCE on Gymnasium text envs.")
+    parser = argparse.ArgumentParser(prog="rl-vf", description="Credit assignment for LM policies on Gymnasium text envs: "
+                                     "PPO with a learned critic, Monte-Carlo values from continuations (vine) and "
+                                     "final-outcome REINFORCE.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,diagnose,pretrain,compare,suite,sweep}")
     train_parser(sub)
     eval_parser(sub)
