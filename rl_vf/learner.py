@@ -347,7 +347,8 @@ def decision_signal(advantages: torch.Tensor, true_deltas: torch.Tensor | None, 
     for moments in gather([decision_moments(advantages, true_deltas)]):
         for k, m in enumerate(moments):
             pooled[k] = merged_moments(pooled[k], m) if k in pooled else m
-    shares = [c * c / (m2a * m2d) for n, _, _, m2a, m2d, c in pooled.values() if n > 2 and m2a > 0 and m2d > 0]
+    # A variance under 1e-12 is a constant's rounding (its mean need not be exact in float64).
+    shares = [c * c / (m2a * m2d) for n, _, _, m2a, m2d, c in pooled.values() if n > 2 and min(m2a, m2d) > 1e-12 * n]
     return {"advantage/decision_r2": sum(shares) / len(shares)} if shares else {}
 
 
