@@ -60,6 +60,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,7 @@ class Scale:
     launch_warmup: int = 1  # runs first, not counted (the first forked run also starts the server)
     parallel_episodes: int = 2048  # the data-parallel run: this many TicTacToe episodes ...
     parallel_batch: int = 512  # ... in updates of this many (each of 2 processes plays half)
+    parallel_rounds: int = 3  # rounds of both runs, their order alternating (a shared machine's speed drifts)
     branch_episodes: tuple = (("tiny", 64), ("10m", 16))  # KeyToDoor episodes whose every turn is branched
     branch_rollouts: int = 4  # K continuations per turn (vine_rollouts' default)
     fsdp_model: tuple = ("--hidden-size", "512", "--layers", "8", "--heads", "8", "--intermediate-size", "2048")
@@ -152,7 +154,7 @@ QUICK = Scale(models=(("tiny", SIZES["tiny"]), ("10m", TinyConfig(hidden_size=96
               train_episodes=64, branch_episodes=(("tiny", 2), ("10m", 1)), branch_rollouts=2,
               train_args=("--episodes-per-update", "32", "--num-envs", "32", "--final-eval-episodes", "32",
                           "--eval-every", "0"), chess_episodes=2, launch_runs=1, launch_warmup=0,
-              parallel_episodes=64, parallel_batch=32, scoring_demos=4, scoring_repeats=1,
+              parallel_episodes=64, parallel_batch=32, parallel_rounds=1, scoring_demos=4, scoring_repeats=1,
               fsdp_model=("--hidden-size", "64", "--layers", "2", "--heads", "2", "--intermediate-size", "128"),
               fsdp_episodes=16)
 
@@ -707,36 +709,51 @@ def bench_launch(scale: Scale, device: torch.device, threads: int) -> dict:
 def bench_parallel(scale: Scale, device: torch.device) -> dict:
     """One TicTacToe run (ppo) as 1 process and as 2 data-parallel processes (accelerate launch), 1 thread
     each: episodes per second of the training loop (the runs' ``perf/wall_s``: start-up and the final
-    evaluation left out) and the CPU seconds of the whole command."""
+    evaluation left out) and the CPU seconds of the whole command. ``scale.parallel_rounds`` rounds of
+    both, one after the other, 1 process first in odd rounds and last in even ones: a shared machine's
+    speed drifts by tens of percent over minutes, so each round's ratio compares runs minutes apart, and
+    the figures are the medians over rounds."""
     if device.type == "cuda" and torch.cuda.device_count() < 2:
         log("parallel: 2 processes need 2 GPUs and torch sees 1: measured on the CPU")
         device = torch.device("cpu")
     flags = ["--env", "TicTacToe-v0", "--total-episodes", str(scale.parallel_episodes), "--episodes-per-update",
              str(scale.parallel_batch), "--final-eval-episodes", "16", "--eval-every", "0"]
-    figures, rows = {}, []
+    runs, rows = {1: [], 2: []}, []  # processes -> [(training wall s, CPU s, episodes/s)] by round
     with tempfile.TemporaryDirectory() as tmp:
-        for processes in (1, 2):
-            run_dir = os.path.join(tmp, f"p{processes}")
-            cmd = train_cmd(run_dir, device, 1, *flags)
-            if processes > 1:
-                cmd = launch_command(processes) + cmd[3:]  # in place of `python -m rl_vf`
-            log(f"parallel: {scale.parallel_episodes} TicTacToe episodes, {processes} process(es) x 1 thread ...")
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            with open(os.path.join(run_dir, "summary.json")) as f:
-                summary = json.load(f)
-            eps = summary["train/episodes"] / summary["perf/wall_s"]
-            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-            figures[f"parallel_{processes}p_episodes_per_s"] = eps
-            figures[f"parallel_{processes}p_cpu_s"] = cpu
-            rows.append([processes, summary["perf/wall_s"], cpu, eps])
-    figures["parallel_speedup"] = figures["parallel_2p_episodes_per_s"] / figures["parallel_1p_episodes_per_s"]
+        for round_ in range(scale.parallel_rounds):
+            for processes in (1, 2) if round_ % 2 == 0 else (2, 1):
+                runs[processes].append(parallel_run(processes, flags, os.path.join(tmp, f"r{round_}p{processes}"),
+                                                    device, f"round {round_ + 1} of {scale.parallel_rounds}"))
+            ratio = runs[2][-1][2] / runs[1][-1][2]
+            rows += [[round_ + 1, p, *runs[p][-1], ratio if p == 2 else 1.0] for p in (1, 2)]
+    figures = {f"parallel_{p}p_{name}": statistics.median(run[i] for run in runs[p])
+               for p in (1, 2) for i, name in ((2, "episodes_per_s"), (1, "cpu_s"))}
+    ratios = [two[2] / one[2] for one, two in zip(runs[1], runs[2])]
+    figures.update(parallel_speedup=statistics.median(ratios), parallel_speedup_min=min(ratios),
+                   parallel_speedup_max=max(ratios))
     table(f"8. Data-parallel training on {device.type} (TicTacToe ppo, {scale.parallel_episodes} episodes, batch "
-          f"{scale.parallel_batch})",
-          ["processes x 1 thread", "training wall s", "CPU s (whole command)", "episodes/s", "/ 1 process"],
-          [[*row, row[3] / rows[0][3]] for row in rows])
+          f"{scale.parallel_batch}; 2 / 1 process per round: median {figures['parallel_speedup']:.2f}x, "
+          f"{min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} round(s))",
+          ["round", "processes x 1 thread", "training wall s", "CPU s (whole command)", "episodes/s",
+           "/ 1 process (same round)"], rows)
     return figures
+
+
+def parallel_run(processes: int, flags: list[str], run_dir: str, device: torch.device,
+                 label: str) -> tuple[float, float, float]:
+    """One ``bench_parallel`` run on ``processes`` processes: its training wall seconds, the CPU seconds
+    of the whole command (every process and the launcher) and its episodes per second."""
+    cmd = train_cmd(run_dir, device, 1, *flags)
+    if processes > 1:
+        cmd = launch_command(processes) + cmd[3:]  # in place of `python -m rl_vf`
+    log(f"parallel ({label}): TicTacToe, {processes} process(es) x 1 thread ...")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return summary["perf/wall_s"], cpu, summary["train/episodes"] / summary["perf/wall_s"]
 
 
 def bench_fsdp(scale: Scale, device: torch.device) -> dict:
