@@ -718,17 +718,16 @@ def bench_parallel(scale: Scale, device: torch.device) -> dict:
         device = torch.device("cpu")
     flags = ["--env", "TicTacToe-v0", "--total-episodes", str(scale.parallel_episodes), "--episodes-per-update",
              str(scale.parallel_batch), "--final-eval-episodes", "16", "--eval-every", "0"]
-    runs, rows = {1: [], 2: []}, []  # processes -> [(training wall s, CPU s, episodes/s)] by round
+    runs = {1: [], 2: []}  # processes -> [(training wall s, CPU s, episodes/s)] by round
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(scale.parallel_rounds):
             for processes in (1, 2) if round_ % 2 == 0 else (2, 1):
                 runs[processes].append(parallel_run(processes, flags, os.path.join(tmp, f"r{round_}p{processes}"),
                                                     device, f"round {round_ + 1} of {scale.parallel_rounds}"))
-            ratio = runs[2][-1][2] / runs[1][-1][2]
-            rows += [[round_ + 1, p, *runs[p][-1], ratio if p == 2 else 1.0] for p in (1, 2)]
+    ratios = [two[2] / one[2] for one, two in zip(runs[1], runs[2])]
+    rows = [[i + 1, p, *runs[p][i], ratio if p == 2 else 1.0] for i, ratio in enumerate(ratios) for p in (1, 2)]
     figures = {f"parallel_{p}p_{name}": statistics.median(run[i] for run in runs[p])
                for p in (1, 2) for i, name in ((2, "episodes_per_s"), (1, "cpu_s"))}
-    ratios = [two[2] / one[2] for one, two in zip(runs[1], runs[2])]
     figures.update(parallel_speedup=statistics.median(ratios), parallel_speedup_min=min(ratios),
                    parallel_speedup_max=max(ratios))
     table(f"8. Data-parallel training on {device.type} (TicTacToe ppo, {scale.parallel_episodes} episodes, batch "

@@ -317,11 +317,13 @@ def value_stats(values: torch.Tensor, batch: RolloutBatch, gamma: float, reduce=
     sums over data-parallel processes: the statistics are then those of every process's episodes."""
     mask = batch.action_mask
     returns = returns_to_go(batch.rewards, mask, gamma)
+    m = mask.bool()
     errors = values - returns
     per_episode = (errors * mask).sum(1) / mask.sum(1).clamp(min=1)
-    (_, bias, _), (episodes, _, var) = pooled_mean_var([errors[mask.bool()], per_episode], reduce)
+    (_, bias, var_errors), (episodes, _, var), (_, _, var_returns) = pooled_mean_var(
+        [errors[m], per_episode, returns[m]], reduce)
     return {"value/bias": bias, "value/bias_se": math.sqrt(var / episodes) if episodes > 1 else float("inf"),
-            "value/explained_variance_mc": explained_variance(values, returns, mask, reduce)}
+            "value/explained_variance_mc": variance_explained(var_errors, var_returns)}
 
 
 def grad_norms(parts: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, float]:
@@ -384,6 +386,11 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     every data-parallel process's tokens with ``reduce`` (a sum over processes)."""
     m = mask.bool()
     (_, _, var_returns), (_, _, var_errors) = pooled_mean_var([returns[m], returns[m] - values[m]], reduce)
+    return variance_explained(var_errors, var_returns)
+
+
+def variance_explained(var_errors: float, var_returns: float) -> float:
+    """``explained_variance`` from the two variances (NaN where the returns do not vary)."""
     return float("nan") if var_returns == 0 else 1 - var_errors / var_returns
 
 
